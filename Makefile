@@ -1,0 +1,52 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   create .venv, install, run the cpu_default study, fit + plot + report
+#   make test   create .venv, install, run the test suite (with a real local SLURM)
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ROOT ?= $(CURDIR)/results/cpu_default
+# CPU wheel pinned: a plain `torch` pulls a multi-GB CUDA build. GPU users: install your torch
+# first (make install TORCH_SPEC=torch), the project's range accepts it.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: help install demo test test-fast test-slurm lint clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed  ## create the virtual environment and install eightfold
+
+demo: install  ## run the default study end to end: sweep, results table, fits, plots, report
+	$(BIN)/eightfold-sweep sweeps/cpu_default.yaml --root $(ROOT)
+	$(BIN)/eightfold-analyze all $(ROOT) --out $(ROOT)/analysis
+	@echo "results: $(ROOT)/runs  report: $(ROOT)/analysis/report.md"
+
+test: install  ## the whole suite: unit, end to end, and SLURM tests against a real local SLURM
+	$(BIN)/ruff check src analysis tests benchmarks
+	$(BIN)/pytest -m "not slurm" -q
+	$(MAKE) test-slurm
+
+test-fast: install  ## everything but the SLURM tests
+	$(BIN)/pytest -m "not slurm" -q
+
+test-slurm: install  ## start a real single-node SLURM, run the tests marked slurm, stop it
+	@partition=$$(bash scripts/start-slurm.sh) || exit 1; \
+	source "$${SLURM_CI_DIR:-/tmp/eightfold-slurm}/env"; \
+	EIGHTFOLD_REQUIRE_SLURM=1 EIGHTFOLD_SLURM_PARTITION=$$partition $(BIN)/pytest -m slurm -q; rc=$$?; \
+	bash scripts/stop-slurm.sh; exit $$rc
+
+lint:  ## ruff
+	$(BIN)/ruff check src analysis tests benchmarks
+
+clean:  ## remove the environment and outputs
+	rm -rf $(VENV) outputs multirun results .pytest_cache

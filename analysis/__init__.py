@@ -1,0 +1,1 @@
+"""eightfold analysis: collect results, fit power laws, multipliers, plots."""

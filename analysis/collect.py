@@ -1,0 +1,215 @@
+"""Walk a sweep root into one tidy table (results.csv) plus a list of runs that did not finish.
+
+A run directory holds config.yaml (written at start) and then either result.json (finished)
+or failed.json (crashed). config.yaml alone means the run is still going or was killed.
+Nothing is dropped silently: every run that is not a clean row ends up in `problems`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .common import AnalysisError, atomic_write, write_json
+
+MARKERS = ("result.json", "failed.json", "config.yaml")
+IDENTITY = ("objective", "source", "n", "seed", "config_hash")
+# Column order of results.csv: the contract's columns first, then any scalar extras.
+COLUMNS = ("objective", "source", "n", "seed", "test_error", "test_accuracy", "config_hash",
+           "run_dir", "wall_time_s", "config_path")
+# What fit/plot/report need; test_error may instead be derived from test_accuracy.
+REQUIRED = ("objective", "source", "n", "seed", "test_error")
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every non-hidden dir holding a marker file, at any depth (.hydra/config.yaml is skipped)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if any(m in filenames for m in MARKERS):
+            found.append(Path(dirpath))
+    # A dir with only config.yaml that has runs below it is a sweep-level config, not a run.
+    has_run_below = {p for d in found for p in d.parents}
+    runs = []
+    for d in found:
+        only_config = not (d / "result.json").exists() and not (d / "failed.json").exists()
+        if not (only_config and d in has_run_below):
+            runs.append(d)
+    return runs
+
+
+def _read_json(path: Path) -> dict:
+    with open(path) as f:
+        obj = json.load(f)
+    if not isinstance(obj, dict):
+        raise ValueError("top level is not a JSON object")
+    return obj
+
+
+def _finite01(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and 0.0 <= v <= 1.0 else None
+
+
+def _row_from_result(res: dict, run_dir: Path) -> tuple[dict | None, str | None]:
+    """A results.csv row, or (None, why the result.json is unusable)."""
+    err, acc = _finite01(res.get("test_error")), _finite01(res.get("test_accuracy"))
+    if err is None and acc is not None:
+        err = 1.0 - acc
+    if acc is None and err is not None:
+        acc = 1.0 - err
+    if err is None:
+        return None, (f"test_error/test_accuracy missing or not a number in [0, 1] "
+                      f"(test_error={res.get('test_error')!r}, test_accuracy={res.get('test_accuracy')!r})")
+    missing = [k for k in ("objective", "source", "n", "seed") if res.get(k) in (None, "")]
+    if missing:
+        return None, f"result.json lacks {', '.join(missing)}"
+    row = {k: res.get(k) for k in COLUMNS}
+    row.update(test_error=err, test_accuracy=acc, run_dir=res.get("run_dir") or str(run_dir))
+    for k, v in sorted(res.items()):
+        if k not in row and (v is None or isinstance(v, (str, int, float, bool))):
+            row[k] = v
+    return row, None
+
+
+def collect(root: str | Path) -> tuple[list[dict], list[dict]]:
+    """Return (rows of finished runs, problems). Raises AnalysisError if root is absent or empty."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AnalysisError(f"sweep root {root} does not exist or is not a directory")
+    run_dirs = find_run_dirs(root)
+    if not run_dirs:
+        raise AnalysisError(f"no runs under {root}: expected run directories holding config.yaml "
+                            f"and result.json/failed.json, e.g. {root}/runs/<run_name>/")
+    rows, problems = [], []
+    for d in run_dirs:
+        rel = str(d.relative_to(root)) if d != root else "."
+        if (d / "result.json").exists():
+            try:
+                row, why = _row_from_result(_read_json(d / "result.json"), d)
+            except (OSError, ValueError) as e:
+                row, why = None, f"unreadable result.json: {e}"
+            if row is not None:
+                rows.append(row)
+            else:
+                problems.append({"status": "invalid", "run_dir": rel, "error": why})
+        elif (d / "failed.json").exists():
+            try:
+                info = _read_json(d / "failed.json")
+            except (OSError, ValueError) as e:
+                info = {"error": f"unreadable failed.json: {e}"}
+            p = {"status": "failed", "run_dir": rel}
+            p.update({k: info.get(k) for k in IDENTITY})
+            p["error"] = str(info.get("error", "no error message in failed.json"))
+            problems.append(p)
+        else:
+            problems.append({"status": "incomplete", "run_dir": rel,
+                             "error": "config.yaml but no result.json/failed.json (running or killed)"})
+    rows.sort(key=lambda r: (str(r["source"]), str(r["objective"]), _num(r["n"]), _num(r["seed"])))
+    return rows, problems
+
+
+def _num(x: Any) -> Any:
+    """Sort key that orders numbers numerically and puts strings after them."""
+    try:
+        return (0, float(x), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(x))
+
+
+def duplicates(rows: list[dict]) -> list[tuple]:
+    """(objective, source, n, seed) keys that appear more than once (e.g. a rerun with a new config)."""
+    seen, dup = set(), []
+    for r in rows:
+        key = (r["objective"], r["source"], r["n"], r["seed"])
+        if key in seen and key not in dup:
+            dup.append(key)
+        seen.add(key)
+    return dup
+
+
+def describe_problem(p: dict) -> str:
+    ident = ""
+    if p.get("objective") is not None:
+        ident = f" ({p.get('objective')}/{p.get('source')} n={p.get('n')} seed={p.get('seed')})"
+    return f"{p['status']}: {p['run_dir']}{ident}: {p['error']}"
+
+
+def write_results(rows: list[dict], problems: list[dict], out: str | Path, root: str | Path) -> Path:
+    """Write results.csv and its sidecar <out>.problems.json (always, even when there are none)."""
+    out = Path(out)
+    extras = sorted({k for r in rows for k in r} - set(COLUMNS))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*COLUMNS, *extras], lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    atomic_write(out, buf.getvalue())
+    counts = {s: sum(p["status"] == s for p in problems) for s in ("failed", "incomplete", "invalid")}
+    write_json(problems_path(out), {"root": str(root), "n_finished": len(rows),
+                                    **{f"n_{s}": c for s, c in counts.items()},
+                                    "problems": problems})
+    return out
+
+
+def problems_path(results_csv: str | Path) -> Path:
+    return Path(str(results_csv) + ".problems.json")
+
+
+def _parse_int(s: str) -> int | None:
+    try:
+        v = float(s)
+    except ValueError:
+        return None
+    return int(v) if math.isfinite(v) and v == int(v) else None
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """Read and validate results.csv into typed rows {objective, source, n:int, seed, test_error:float}."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnalysisError(f"results file {path} does not exist (make one with: eightfold-analyze collect SWEEP_ROOT -o {path})")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        raw = list(reader)
+    cols = set(header)
+    if "test_error" not in cols and "test_accuracy" in cols:
+        cols.add("test_error")  # derived below
+    missing = [c for c in REQUIRED if c not in cols]
+    if missing:
+        raise AnalysisError(f"{path} is missing column(s) {', '.join(missing)}; required columns: "
+                            f"{', '.join(REQUIRED)} (test_error may be replaced by test_accuracy)")
+    if not raw:
+        raise AnalysisError(f"{path} has no rows: no finished runs to analyse")
+    rows = []
+    for i, r in enumerate(raw, start=2):  # line 1 is the header
+        where = f"{path} line {i}"
+        for c in ("objective", "source", "seed"):
+            if not (r.get(c) or "").strip():
+                raise AnalysisError(f"{where}: empty {c}; every row needs objective, source, n, seed")
+        n = _parse_int(r["n"])
+        if n is None or n <= 0:
+            raise AnalysisError(f"{where}: n={r['n']!r} is not a positive integer data size")
+        if (r.get("test_error") or "").strip():
+            err = _finite01(r["test_error"])
+            bad = r["test_error"]
+        else:
+            acc = _finite01(r.get("test_accuracy"))
+            err, bad = (None if acc is None else 1.0 - acc), r.get("test_accuracy")
+        if err is None:
+            raise AnalysisError(f"{where}: test_error={bad!r} is not a finite number in [0, 1] "
+                                f"(NaN/empty values are not allowed; drop or rerun that run)")
+        seed = r["seed"].strip()
+        rows.append({"objective": r["objective"].strip(), "source": r["source"].strip(), "n": n,
+                     "seed": int(seed) if _parse_int(seed) is not None and "." not in seed else seed,
+                     "test_error": err})
+    return rows

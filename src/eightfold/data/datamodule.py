@@ -1,0 +1,133 @@
+"""Training / test examples and the LightningDataModule that batches them.
+
+An ``Example`` is a prompt, a reference solution and its final answer. The procedural source
+draws the first ``size`` problems of a seeded stream (so size n is a prefix of size 2n) and a
+fixed held-out test set that never appears in training.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from eightfold.data.arithmetic import Problem, generate_problems, pool_size
+from eightfold.generation import encode_prompt, encode_response
+
+
+@dataclass
+class Example:
+    prompt: str
+    solution: str
+    answer: str
+    problem: Problem | None = None  # procedural only: gives exact step checks
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def procedural_split(
+    size: int, seed: int, test_size: int, test_seed: int, chains: int, steps: int, modulus: int
+) -> tuple[list[Example], list[Example]]:
+    """(train, test). Test problems come from their own stream; training skips their prompts."""
+    test = generate_problems(test_size, test_seed, chains, steps, modulus)
+    exclude = {p.prompt for p in test}
+    train = generate_problems(size, seed, chains, steps, modulus, exclude=exclude)
+    # The teacher writes one uniformly random valid order per problem, seeded per problem index
+    # so that the first n solutions do not depend on the total size.
+    def to_example(p: Problem, i: int, stream: int) -> Example:
+        sol = p.solution(random.Random(f"teacher-{stream}-{i}"))
+        return Example(p.prompt, sol, str(p.answer), p)
+
+    return [to_example(p, i, seed) for i, p in enumerate(train)], [
+        to_example(p, i, test_seed) for i, p in enumerate(test)
+    ]
+
+
+def procedural_pool_size(chains: int, steps: int, modulus: int) -> int:
+    return pool_size(chains, steps, modulus)
+
+
+class TokenizedPairs(torch.utils.data.Dataset):
+    """(prompt ids, response ids) pairs, tokenised once."""
+
+    def __init__(self, tokenizer, pairs: list[tuple[str, str]]):
+        self.items = [(encode_prompt(tokenizer, p), encode_response(tokenizer, r)) for p, r in pairs]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+        return self.items[i]
+
+
+def collate_sft(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids with labels = -100 on prompt and padding: loss on solution tokens only."""
+    width = max(len(p) + len(r) for p, r in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (p, r) in enumerate(batch):
+        n = len(p) + len(r)
+        ids[i, :n] = torch.tensor(p + r)
+        labels[i, len(p) : n] = torch.tensor(r)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class MathDataModule(L.LightningDataModule):
+    """Holds the training and test examples of one run and serves SFT batches."""
+
+    def __init__(
+        self,
+        source: str = "procedural",
+        kind: str = "procedural",
+        size: int = 1000,
+        seed: int = 0,
+        test_size: int = 500,
+        test_seed: int = 12345,
+        task: dict | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        max_new_tokens: int = 64,
+    ):
+        super().__init__()
+        self.source, self.kind, self.size, self.seed = source, kind, size, seed
+        self.test_size, self.test_seed = test_size, test_seed
+        self.task = dict(task or {})
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.max_new_tokens = max_new_tokens
+        self.tokenizer = None
+        self.train_examples: list[Example] = []
+        self.test_examples: list[Example] = []
+
+    def prepare_examples(self) -> None:
+        if self.train_examples:
+            return
+        if self.source != "procedural":
+            raise ValueError(f"data.source={self.source!r} is not valid: expected 'procedural'")
+        self.train_examples, self.test_examples = procedural_split(
+            self.size, self.seed, self.test_size, self.test_seed, **self.task
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_examples()
+
+    def train_pairs(self) -> list[tuple[str, str]]:
+        return [(e.prompt, e.solution) for e in self.train_examples]
+
+    def train_dataloader(self) -> DataLoader:
+        ds = TokenizedPairs(self.tokenizer, self.train_pairs())
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=g,
+            num_workers=self.num_workers,
+            collate_fn=functools.partial(collate_sft, pad_id=self.tokenizer.pad_token_id),
+            drop_last=len(ds) > self.batch_size,
+        )

@@ -1,0 +1,82 @@
+"""Models and tokenizers: a tiny GPT-2 built from a config, or any Hugging Face causal LM.
+
+Both paths return a ``transformers`` model and a ``PreTrainedTokenizerFast`` so that every
+objective, sampler and evaluator works on either without special cases.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+# Every character the procedural task and the GSM8K-style formats can produce.
+CHAR_VOCAB = "0123456789abcdefghijklmnopqrstuvwxyz=+-*/,.?|#\n ()"
+SPECIAL = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+
+def char_tokenizer(chars: str = CHAR_VOCAB) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer built locally (no hub): one token per character."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL)}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+
+
+def tiny_gpt(
+    n_layer: int = 2,
+    n_embd: int = 128,
+    n_head: int = 4,
+    n_positions: int = 128,
+    dropout: float = 0.0,
+    seed: int = 0,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A randomly initialised GPT-2 over the char vocabulary (0.42 M parameters at the defaults)."""
+    tokenizer = char_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():  # the init is seeded but leaves the global stream alone
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    return model, tokenizer
+
+
+def hf_causal_lm(
+    name: str,
+    dtype: str = "auto",
+    attn_implementation: str | None = "sdpa",
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Any causal LM by hub name or local path (pretrained weights)."""
+    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+    return model, tokenizer

@@ -1,0 +1,546 @@
+"""``eightfold-sweep``: expand a declarative sweep file into Hydra multiruns, locally or on SLURM.
+
+    eightfold-sweep sweeps/cpu_default.yaml --root results/cpu_default
+    eightfold-sweep sweeps/data_scaling.yaml --dry-run
+    eightfold-sweep sweeps/data_scaling.yaml --launcher slurm hydra.launcher.partition=gpu
+    eightfold-sweep sweeps/data_scaling.yaml --only 'sft-procedural-n500-s1-*'   # retry one run
+
+A sweep file (``sweeps/*.yaml``)::
+
+    description: what the study measures
+    overrides: [experiment=cpu_default]          # every run
+    grid:                                         # cartesian product, one run per combination
+      objective: [sft]
+      data.size: [125, 250, 500, 1000, 2000]
+      seed: [0]
+    slurm: {timeout_min: 60, cpus_per_task: 2}    # hydra.launcher.* with --launcher slurm
+
+Extra ``KEY=VALUE`` arguments are Hydra overrides: ``KEY=A,B,C`` (or any KEY of the grid)
+replaces that grid axis, anything else is added to every run (``hydra.*`` ones only to the
+command line).
+
+Nothing lost, nothing done twice: each run's directory comes from the training code's own rule
+(:func:`eightfold.rundir.run_dir`), so the tool knows before submitting which runs are finished
+(``result.json``), failed (``failed.json``) or interrupted (a checkpoint to resume from). Only the
+runs that are not finished are submitted: ``eightfold-train -m`` multiruns (one SLURM job array
+each) over cartesian blocks that cover exactly those runs. Afterwards it prints a summary (also
+written to ``<root>/sweeps/<sweep>.summary.json``) and exits 1 if any run is not finished; running
+the same command again retries only those runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import itertools
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SPEC_KEYS = {"description", "overrides", "grid", "slurm"}
+LAUNCHERS = ("local", "slurm")
+
+# statuses of a run, in the order the summary lists them
+FINISHED, FAILED, PARTIAL, PENDING, INVALID = "finished", "failed", "partial", "pending", "invalid"
+
+
+class SweepError(ValueError):
+    """A sweep file or command line that cannot work (reported in one line, exit 2)."""
+
+
+# ----------------------------------------------------------------------------- overrides
+_PLAIN = re.compile(r"[A-Za-z0-9_./:@+\-]+")
+_NON_STRING = re.compile(
+    r"[-+]?(\d[\d_]*)?(\.\d*)?([eE][-+]?\d+)?|true|false|null|[-+]?inf|nan", re.IGNORECASE
+)
+
+
+def hydra_value(value: Any) -> str:
+    """A Python/YAML value written in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    s = str(value)
+    if s.startswith("${") and s.endswith("}"):  # an interpolation: Hydra resolves it
+        return s
+    if _PLAIN.fullmatch(s) and not _NON_STRING.fullmatch(s):
+        return s
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside brackets, braces, parentheses and quotes."""
+    parts, depth, quote, cur = [], 0, "", []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\" and i + 1 < len(text):
+                cur.append(text[i : i + 2])
+                i += 2
+                continue
+            if c == quote:
+                quote = ""
+        elif c in "'\"":
+            quote = c
+        elif c in "[{(":
+            depth += 1
+        elif c in "]})":
+            depth -= 1
+        elif c == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            i += 1
+            continue
+        cur.append(c)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+def override_key(override: str) -> str:
+    """``+a.b=1`` -> ``a.b``; ``hydra/launcher=slurm`` -> ``hydra/launcher``."""
+    key = override.split("=", 1)[0]
+    return key.lstrip("+~")
+
+
+def is_hydra_override(override: str) -> bool:
+    key = override_key(override)
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+# ----------------------------------------------------------------------------- sweep spec
+@dataclass
+class SweepSpec:
+    name: str
+    path: Path
+    description: str = ""
+    overrides: list[str] = field(default_factory=list)  # fixed, Hydra syntax
+    grid: dict[str, list[str]] = field(default_factory=dict)  # key -> values, Hydra syntax
+    slurm: dict[str, Any] = field(default_factory=dict)  # hydra.launcher.<key> -> value
+
+    def apply_cli(self, args: list[str]) -> None:
+        """``K=A,B`` or a grid key replaces that axis; other overrides are added to every run."""
+        for arg in args:
+            if "=" not in arg:
+                raise SweepError(f"{arg!r} is not an override: expected KEY=VALUE (or KEY=A,B,C)")
+            key, value = arg.split("=", 1)
+            values = split_top_level(value)
+            if not is_hydra_override(arg) and not key.startswith(("+", "~")) and (key in self.grid or len(values) > 1):
+                self.grid[key] = values
+            else:
+                self.overrides = [o for o in self.overrides if override_key(o) != override_key(arg)]
+                self.overrides.append(arg)
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SweepError(f"sweep file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise SweepError(f"{path}: not valid YAML: {err}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SweepError(f"{path}: expected a mapping with keys {sorted(SPEC_KEYS)}")
+    unknown = set(raw) - SPEC_KEYS
+    if unknown:
+        raise SweepError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+    overrides = raw.get("overrides") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise SweepError(f"{path}: 'overrides' must be a list of KEY=VALUE strings, e.g. [experiment=smoke]")
+    grid_raw = raw.get("grid") or {}
+    if not isinstance(grid_raw, dict):
+        raise SweepError(f"{path}: 'grid' must map override keys to lists of values")
+    grid: dict[str, list[str]] = {}
+    for key, values in grid_raw.items():
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{path}: grid.{key} must be a non-empty list, e.g. {key}: [1, 2]")
+        if str(key).startswith("hydra"):
+            raise SweepError(f"{path}: grid.{key}: hydra settings cannot vary within a sweep")
+        grid[str(key)] = [hydra_value(v) for v in values]
+    slurm = raw.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise SweepError(f"{path}: 'slurm' must map hydra.launcher keys to values, e.g. {{timeout_min: 60}}")
+    return SweepSpec(
+        name=path.stem,
+        path=path,
+        description=str(raw.get("description") or "").strip(),
+        overrides=list(overrides),
+        grid=grid,
+        slurm=dict(slurm),
+    )
+
+
+# ----------------------------------------------------------------------------- runs
+@dataclass
+class Run:
+    index: int
+    values: dict[str, str]  # grid key -> value (Hydra syntax)
+    status: str = PENDING
+    name: str = ""
+    run_dir: Path | None = None
+    error: str = ""
+    accelerator: str = ""
+    job_id: str = ""
+    log: str = ""
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"{k}={v}" for k, v in self.values.items()]
+
+
+def expand(spec: SweepSpec) -> list[Run]:
+    keys = list(spec.grid)
+    combos = itertools.product(*(spec.grid[k] for k in keys)) if keys else [()]
+    return [Run(i, dict(zip(keys, combo))) for i, combo in enumerate(combos)]
+
+
+def _status_of(directory: Path) -> tuple[str, str]:
+    from eightfold.rundir import FAILED as FAILED_FILE
+    from eightfold.rundir import last_checkpoint, read_result
+
+    if read_result(directory) is not None:
+        return FINISHED, ""
+    failed = directory / FAILED_FILE
+    if failed.exists():
+        try:
+            return FAILED, str(json.loads(failed.read_text()).get("error", "")).strip()
+        except (OSError, json.JSONDecodeError):
+            return FAILED, f"unreadable {failed}"
+    if last_checkpoint(directory) is not None:
+        return PARTIAL, ""
+    return PENDING, ""
+
+
+def inspect_runs(spec: SweepSpec, runs: list[Run], root: Path) -> None:
+    """Compose each run's config exactly as eightfold-train will, validate it, find its directory."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from eightfold.rundir import run_dir
+    from eightfold.train import CONF_DIR
+    from eightfold.validate import ConfigError, validate_config
+
+    fixed = [o for o in spec.overrides if not is_hydra_override(o)]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for run in runs:
+            overrides = [*fixed, *run.overrides, f"paths.root={hydra_value(str(root))}"]
+            try:
+                cfg = compose(config_name="train", overrides=overrides)
+                validate_config(cfg)
+                run.run_dir = run_dir(cfg)
+                run.accelerator = str(cfg.trainer.get("accelerator", ""))
+            except (ConfigError, HydraException, OmegaConfBaseException) as err:
+                run.status, run.error = INVALID, f"{type(err).__name__}: {err}".splitlines()[0]
+                run.name = " ".join(run.overrides) or "(no grid)"
+                continue
+            run.name = run.run_dir.name
+            run.status, run.error = _status_of(run.run_dir)
+
+
+def cartesian_blocks(runs: list[Run], keys: list[str]) -> list[tuple[dict[str, list[str]], list[Run]]]:
+    """Cover exactly ``runs`` with cartesian blocks: one Hydra multirun (job array) each.
+
+    A fresh sweep is one block (the whole grid); after a partial failure the unfinished runs are
+    grouped into as few blocks as this greedy split finds.
+    """
+    if not runs:
+        return []
+    if not keys:
+        return [({}, runs)]
+    first, rest = keys[0], keys[1:]
+    by_value: dict[str, list[Run]] = {}
+    for run in runs:
+        by_value.setdefault(run.values[first], []).append(run)
+    # values of the first key whose remaining-key combinations are the same set share a block
+    groups: dict[frozenset, list[str]] = {}
+    for value, group in by_value.items():
+        sig = frozenset(tuple(r.values[k] for k in rest) for r in group)
+        groups.setdefault(sig, []).append(value)
+    blocks = []
+    for values in groups.values():
+        members = [r for v in values for r in by_value[v]]
+        representative = [r for r in members if r.values[first] == values[0]]
+        for sub_axes, sub_runs in cartesian_blocks(representative, rest):
+            sub_keys = {tuple(r.values[k] for k in rest) for r in sub_runs}
+            block_runs = [r for r in members if tuple(r.values[k] for k in rest) in sub_keys]
+            # order the runs as Hydra will number them (product order of the axes)
+            axes = {first: values, **sub_axes}
+            order = {combo: i for i, combo in enumerate(itertools.product(*axes.values()))}
+            block_runs.sort(key=lambda r: order[tuple(r.values[k] for k in axes)])
+            blocks.append((axes, block_runs))
+    return blocks
+
+
+# ----------------------------------------------------------------------------- commands
+def launcher_overrides(spec: SweepSpec, launcher: str, runs: list[Run]) -> list[str]:
+    if launcher != "slurm":
+        return []
+    out = ["hydra/launcher=slurm"]
+    out += [f"hydra.launcher.{k}={hydra_value(v)}" for k, v in spec.slurm.items()]
+    user_set = set(spec.slurm) | {
+        override_key(o).removeprefix("hydra.launcher.") for o in spec.overrides if is_hydra_override(o)
+    }
+    # conf/hydra/launcher/slurm.yaml asks for trainer.devices GPUs; CPU runs need none
+    if "gpus_per_node" not in user_set and runs and all(r.accelerator == "cpu" for r in runs):
+        out.append("hydra.launcher.gpus_per_node=0")
+    return out
+
+
+def build_command(
+    spec: SweepSpec, axes: dict[str, list[str]], root: Path, sweep_dir: Path, launcher: str, runs: list[Run]
+) -> list[str]:
+    fixed = [o for o in spec.overrides if not is_hydra_override(o)]
+    hydra_fixed = [o for o in spec.overrides if is_hydra_override(o)]
+    return [
+        sys.executable,
+        "-m",
+        "eightfold.train",
+        "-m",
+        *fixed,
+        *(f"{k}={','.join(v)}" for k, v in axes.items()),
+        f"paths.root={hydra_value(str(root))}",
+        f"hydra.sweep.dir={hydra_value(str(sweep_dir))}",
+        *launcher_overrides(spec, launcher, runs),
+        *hydra_fixed,
+    ]
+
+
+def display_command(cmd: list[str]) -> str:
+    return shlex.join(["eightfold-train", *cmd[3:]])
+
+
+# ----------------------------------------------------------------------------- SLURM
+_JOB_DIR = re.compile(r"^(\d+)(?:_(\d+))?$")
+
+
+def _submitit_jobs(sweep_dir: Path) -> dict[int, str]:
+    """Array task index -> SLURM job id, from the launcher's folder ``.submitit/<id>``."""
+    jobs: dict[int, str] = {}
+    folder = sweep_dir / ".submitit"
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            m = _JOB_DIR.match(entry.name)
+            if entry.is_dir() and m and m.group(2) is not None:  # <array id>_<task>
+                jobs[int(m.group(2))] = entry.name
+    return jobs
+
+
+def _wait_for_queue(job_ids: list[str], poll_s: float = 2.0) -> None:
+    """Wait while any of these jobs is still queued or running (e.g. after the launcher gave up
+    early on one failed job, the others of its array still run to completion)."""
+    if not job_ids or shutil.which("squeue") is None:
+        return
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    told = False
+    while True:
+        proc = subprocess.run(
+            ["squeue", "-h", "-o", "%i", "-j", ",".join(arrays)], capture_output=True, text=True, check=False
+        )
+        left = [line for line in proc.stdout.split() if line.strip()]
+        if proc.returncode != 0 or not left:
+            return
+        if not told:
+            _err(f"waiting for {len(left)} SLURM job(s) still in the queue: {' '.join(left[:10])}")
+            told = True
+        time.sleep(poll_s)
+
+
+# ----------------------------------------------------------------------------- output
+def _err(msg: str) -> None:
+    print(f"eightfold-sweep: {msg}", file=sys.stderr, flush=True)
+
+
+def print_table(runs: list[Run], title: str) -> None:
+    counts = {s: sum(r.status == s for r in runs) for s in (FINISHED, FAILED, PARTIAL, PENDING, INVALID)}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    print(f"{title}: {len(runs)} run(s): {summary}")
+    for r in runs:
+        line = f"  [{r.index:>3}] {r.status:<8} {r.name}"
+        extra = " ".join(r.overrides)
+        if extra:
+            line += f"   ({extra})"
+        print(line)
+        if r.error:
+            print(f"        error: {r.error}")
+        if r.status in (FAILED, PARTIAL, PENDING) and r.log:
+            print(f"        log:   {r.log}")
+
+
+def write_summary(spec: SweepSpec, runs: list[Run], root: Path, launcher: str, commands: list[str]) -> Path:
+    from eightfold.rundir import write_json_atomic
+
+    path = root / "sweeps" / f"{spec.name}.summary.json"
+    write_json_atomic(
+        path,
+        {
+            "sweep": str(spec.path),
+            "launcher": launcher,
+            "finished_at": datetime.now().isoformat(timespec="seconds"),
+            "commands": commands,
+            "counts": {s: sum(r.status == s for r in runs) for s in (FINISHED, FAILED, PARTIAL, PENDING, INVALID)},
+            "runs": [
+                {
+                    "index": r.index,
+                    "name": r.name,
+                    "status": r.status,
+                    "overrides": r.overrides,
+                    "run_dir": str(r.run_dir) if r.run_dir else None,
+                    "error": r.error or None,
+                    "slurm_job_id": r.job_id or None,
+                    "log": r.log or None,
+                }
+                for r in runs
+            ],
+        },
+    )
+    return path
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="eightfold-sweep",
+        description="Expand a sweep file (sweeps/*.yaml) into Hydra multiruns; skip finished runs.",
+        epilog="Exit status: 0 all selected runs finished, 1 some failed or did not finish, 2 bad sweep/config.",
+    )
+    p.add_argument("sweep", help="sweep file, e.g. sweeps/data_scaling.yaml")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides: KEY=A,B replaces a grid axis, KEY=V adds to every run")
+    p.add_argument(
+        "--root",
+        default=os.environ.get("EIGHTFOLD_ROOT", "outputs"),
+        help="paths.root: where runs are written (default: $EIGHTFOLD_ROOT or ./outputs)",
+    )
+    p.add_argument("--launcher", choices=LAUNCHERS, default="local", help="local (default) or slurm")
+    p.add_argument("--dry-run", action="store_true", help="print the runs, their status and the commands; run nothing")
+    p.add_argument(
+        "--only", action="append", default=[], metavar="PATTERN",
+        help="only runs whose name (or index) matches this glob; repeatable (retry one run alone)",
+    )
+    return p.parse_intermixed_args(argv)
+
+
+def _select(runs: list[Run], patterns: list[str]) -> list[Run]:
+    if not patterns:
+        return runs
+    return [r for r in runs if any(fnmatch.fnmatchcase(r.name, p) or p == str(r.index) for p in patterns)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        spec = load_sweep(args.sweep)
+        spec.apply_cli(args.overrides)
+    except SweepError as err:
+        _err(f"error: {err}")
+        return 2
+    root = Path(args.root).expanduser().resolve()
+
+    runs = expand(spec)
+    inspect_runs(spec, runs, root)
+    # two grid points can be the same run (a key that does not change the result): keep one
+    seen: dict[Path, Run] = {}
+    for r in runs:
+        if r.run_dir is not None and r.run_dir in seen:
+            _err(f"note: runs {seen[r.run_dir].index} and {r.index} are the same run ({r.name}); keeping {seen[r.run_dir].index}")
+        elif r.run_dir is not None:
+            seen[r.run_dir] = r
+    runs = [r for r in runs if r.run_dir is None or seen.get(r.run_dir) is r]
+    selected = _select(runs, args.only)
+    if args.only and not selected:
+        _err(f"error: no run matches --only {' '.join(args.only)}")
+        return 2
+    todo = [r for r in selected if r.status in (FAILED, PARTIAL, PENDING)]
+    invalid = [r for r in selected if r.status == INVALID]
+
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    blocks = cartesian_blocks(todo, list(spec.grid))
+    plans = []
+    for b, (axes, block_runs) in enumerate(blocks):
+        sweep_dir = root / "multirun" / f"{spec.name}_{stamp}_{os.getpid()}_{b}"
+        plans.append((build_command(spec, axes, root, sweep_dir, args.launcher, block_runs), sweep_dir, block_runs))
+
+    if args.dry_run:
+        print_table(selected, f"sweep {spec.name} ({spec.path})")
+        if invalid:
+            print(f"{len(invalid)} run(s) have an invalid config (see 'error:' above)")
+        print(f"would run {len(todo)} of {len(selected)} (finished runs are skipped) in {len(plans)} multirun(s):")
+        for cmd, _, _ in plans:
+            print("  " + display_command(cmd))
+        return 2 if invalid else 0
+
+    if invalid:
+        print_table(invalid, "invalid configs (nothing was submitted)")
+        return 2
+    if not todo:
+        print(f"sweep {spec.name}: all {len(selected)} run(s) finished; nothing to submit")
+        write_summary(spec, selected, root, args.launcher, [])
+        return 0
+
+    _err(f"{spec.name}: {len(selected) - len(todo)} of {len(selected)} run(s) finished; running {len(todo)} "
+         f"in {len(plans)} multirun(s) ({args.launcher})")
+    try:
+        out = sys.stderr.fileno()  # keep stdout for the summary
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - no real stderr
+        out = None
+    procs = []
+    for cmd, sweep_dir, _ in plans:
+        _err("$ " + display_command(cmd))
+        proc = subprocess.Popen(cmd, stdout=out)
+        if args.launcher == "local":  # one after the other: they share this machine
+            proc.wait()
+        procs.append(proc)
+    for proc in procs:
+        proc.wait()
+
+    for (cmd, sweep_dir, block_runs), proc in zip(plans, procs):
+        jobs = _submitit_jobs(sweep_dir) if args.launcher == "slurm" else {}
+        _wait_for_queue(list(jobs.values()))
+        for i, r in enumerate(block_runs):
+            if i in jobs:
+                r.job_id = jobs[i]
+                r.log = str(sweep_dir / ".submitit" / jobs[i] / f"{jobs[i]}_0_log.err")
+            elif args.launcher == "local":
+                r.log = str(sweep_dir / str(i))
+        if proc.returncode != 0:
+            _err(f"multirun exited with status {proc.returncode}: {display_command(cmd)}")
+    for r in todo:
+        r.status, r.error = _status_of(r.run_dir)
+        if r.status in (PENDING, PARTIAL) and not r.error:
+            r.error = "did not finish (no result.json): see the log"
+
+    print_table(selected, f"sweep {spec.name}")
+    summary = write_summary(spec, selected, root, args.launcher, [display_command(c) for c, _, _ in plans])
+    not_done = [r for r in selected if r.status != FINISHED]
+    if not_done:
+        print(f"{len(not_done)} run(s) not finished; rerun the same command to retry only those, "
+              f"or add --only NAME for one. Summary: {summary}")
+        return 1
+    print(f"all {len(selected)} run(s) finished. Summary: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""``eightfold-train``: the Hydra app. One call = one run = one directory keyed by its config.
+
+    eightfold-train experiment=smoke
+    eightfold-train -m experiment=cpu_default data.size=125,250,500,1000,2000 paths.root=DIR
+
+Flow: validate the config (clear errors before any work) -> skip if the run's ``result.json``
+exists -> lock the run directory -> build data, model, objective, trainer -> fit (resuming from
+``checkpoints/last.ckpt`` after a preemption) -> greedy evaluation -> atomic ``result.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import filelock
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from eightfold import __version__
+from eightfold.rundir import (
+    CHECKPOINTS,
+    CONFIG,
+    FAILED,
+    RESULT,
+    config_hash,
+    last_checkpoint,
+    read_result,
+    run_dir,
+    write_atomic,
+    write_json_atomic,
+)
+from eightfold.validate import ConfigError, validate_config
+
+log = logging.getLogger("eightfold")
+
+# A per-process id for Hydra's log folders (cached: one value per launch).
+OmegaConf.register_new_resolver(
+    "eightfold.launch_id", lambda: f"{os.getpid()}-{os.urandom(2).hex()}", use_cache=True, replace=True
+)
+
+CONF_DIR = Path(os.environ.get("EIGHTFOLD_CONF", Path(__file__).resolve().parents[2] / "conf"))
+
+
+def _build_trainer(cfg: DictConfig, directory: Path):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from eightfold.checkpointing import AtomicCheckpointIO
+
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=directory / CHECKPOINTS,
+            filename="step{step}",
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=cfg.checkpoint_every_n_steps,
+            save_on_train_epoch_end=False,
+        )
+    ]
+    plugins = [AtomicCheckpointIO()]
+    try:  # submitit owns SLURM requeue; Lightning must not install a second handler
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        if SLURMEnvironment.detect():
+            plugins.append(SLURMEnvironment(auto_requeue=False))
+    except ImportError:  # pragma: no cover
+        pass
+    logger = L.pytorch.loggers.CSVLogger(directory, name="logs", version="")
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, plugins=plugins, logger=logger, default_root_dir=directory
+    )
+    return trainer
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run one experiment; returns its result dict (also written to ``result.json``)."""
+    validate_config(cfg)
+    directory = run_dir(cfg)
+    done = read_result(directory)
+    if done is not None:
+        log.info("skip: %s is finished (%s)", directory.name, directory / RESULT)
+        return {**done, "skipped": True}
+
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(directory / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        log.warning("skip: %s is running in another process (lock held)", directory)
+        return {"status": "running_elsewhere", "run_dir": str(directory)}
+    try:
+        return _run_locked(cfg, directory)
+    except Exception as err:
+        write_json_atomic(
+            directory / FAILED,
+            {
+                "objective": cfg.objective.name,
+                "source": cfg.data.source,
+                "n": cfg.data.size,
+                "seed": cfg.seed,
+                "config_hash": config_hash(cfg),
+                "error": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc(),
+            },
+        )
+        log.error("run failed, see %s", directory / FAILED)
+        raise
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: DictConfig, directory: Path) -> dict:
+    import lightning as L
+
+    from eightfold.evaluate import evaluate
+
+    t0 = time.perf_counter()
+    log.info("run dir: %s", directory)
+    write_atomic(directory / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+    (directory / FAILED).unlink(missing_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_examples()
+    model, tokenizer = instantiate(cfg.model)
+    datamodule.tokenizer = tokenizer
+    module = instantiate(cfg.objective.module, model=model, tokenizer=tokenizer, _convert_="all")
+    if hasattr(module, "prepare_data_for_run"):  # RFT / DPO build their data from pi_sft here
+        module.prepare_data_for_run(cfg, datamodule, directory)
+
+    _quiet_duplicate_lightning_logs()
+    trainer = _build_trainer(cfg, directory)
+    resume = last_checkpoint(directory)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    t_train = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    train_time = time.perf_counter() - t_train
+
+    result: dict = {}
+    if trainer.global_rank == 0:
+        device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto") else "cpu"
+        model.to(device)
+        t_eval = time.perf_counter()
+        metrics = evaluate(
+            model, tokenizer, datamodule.test_examples, datamodule.kind,
+            max_new_tokens=datamodule.max_new_tokens, batch_size=cfg.eval.batch_size,
+        )
+        eval_time = time.perf_counter() - t_eval
+        result = {
+            "objective": cfg.objective.name,
+            "source": cfg.data.source,
+            "n": cfg.data.size,
+            "seed": cfg.seed,
+            **metrics,
+            "chance_accuracy": 1.0 / cfg.data.task.modulus if cfg.data.kind == "procedural" else None,
+            "config_hash": config_hash(cfg),
+            "config_path": str(directory / CONFIG),
+            "run_dir": str(directory),
+            "train_steps": trainer.global_step,
+            "resumed_from_step": _ckpt_step(resume),
+            "final_train_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+            "num_params": sum(p.numel() for p in model.parameters()),
+            "train_time_s": round(train_time, 3),
+            "eval_time_s": round(eval_time, 3),
+            "wall_time_s": round(time.perf_counter() - t0, 3),
+            "eightfold_version": __version__,
+            **getattr(module, "run_stats", {}),
+        }
+        write_json_atomic(directory / RESULT, result)
+        log.info(
+            "test accuracy %.3f (n=%s, %s) in %.1f s -> %s",
+            result["test_accuracy"], cfg.data.size, cfg.objective.name, result["wall_time_s"], directory / RESULT,
+        )
+    return result
+
+
+def _quiet_duplicate_lightning_logs() -> None:
+    # Under Hydra the root logger already prints to the console and the run's log file;
+    # Lightning's own console handler would print every line twice.
+    if logging.getLogger().handlers:
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            lg = logging.getLogger(name)
+            lg.handlers = [h for h in lg.handlers if type(h) is not logging.StreamHandler]
+
+
+def _ckpt_step(path: Path | None) -> int | None:
+    if path is None:
+        return None
+    return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", 0))
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        result = run(cfg)
+    except ConfigError as err:  # bad overrides: one clear line, no traceback, nothing trained
+        print(f"eightfold: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return result.get("test_error")
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

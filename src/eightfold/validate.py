@@ -1,0 +1,58 @@
+"""Config checks that run before any data is generated or any step is trained.
+
+Every message names the bad value and says what would be valid.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from eightfold.data.arithmetic import max_variables, pool_size
+
+SOURCES = ("procedural",)
+KINDS = ("procedural", "gsm8k", "math")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; raised before any work starts."""
+
+
+def _positive_int(value, key: str, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key}={value!r} is not valid: expected a positive integer, e.g. {key}={example}")
+    return value
+
+
+def validate_config(cfg: DictConfig) -> None:
+    data = cfg.data
+    size = _positive_int(data.size, "data.size", "500")
+    _positive_int(data.test_size, "data.test_size", "500")
+    _positive_int(cfg.trainer.max_steps, "trainer.max_steps", "600")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed={cfg.seed!r} is not valid: expected an integer, e.g. seed=0")
+    if data.source not in SOURCES:
+        raise ConfigError(f"data.source={data.source!r} is not valid: expected one of {', '.join(SOURCES)}")
+    if data.kind not in KINDS:
+        raise ConfigError(f"data.kind={data.kind!r} is not valid: expected one of {', '.join(KINDS)}")
+    if data.source == "procedural":
+        task = data.task
+        chains = _positive_int(task.chains, "data.task.chains", "2")
+        steps = _positive_int(task.steps, "data.task.steps", "2")
+        modulus = task.modulus
+        if modulus not in (2, 3, 5, 7, 11, 13) :
+            raise ConfigError(
+                f"data.task.modulus={modulus!r} is not valid: expected a prime whose residues are"
+                " written as digits or short numbers: 2, 3, 5, 7, 11 or 13"
+            )
+        if max_variables(chains, steps) > 26:
+            raise ConfigError(
+                f"data.task.chains={chains} x data.task.steps={steps} needs {max_variables(chains, steps)}"
+                " variables; at most 26 (a-z) are available"
+            )
+        available = pool_size(chains, steps, modulus) - data.test_size
+        if size > available:
+            raise ConfigError(
+                f"data.size={size} is larger than the problem pool: chains={chains}, steps={steps},"
+                f" modulus={modulus} give {available} distinct problems outside the test set;"
+                f" use data.size<={available} or raise data.task.steps / data.task.chains"
+            )
