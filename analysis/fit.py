@@ -384,6 +384,93 @@ def _multiplier_fields(c: dict, sizes: np.ndarray, prefix: str = "multiplier") -
             f"{prefix}_sizes": [int(s) for s in c["summary_sizes"]]}
 
 
+def _fit_entry(f: Fit, src_n: list[float], ci: float) -> dict:
+    """E, A, alpha with intervals, goodness of fit, the pure power law and the curve band."""
+    e: dict = {}
+    bp = f.params(boot=True) if f.boot_sat is not None else None
+    for name, v in f.params().items():
+        e.update(_interval_fields(name, v, None if bp is None else bp[name], ci))
+    e["huber_delta"] = f.delta
+    e["goodness_of_fit"] = _gof(f, "saturating")
+    bpp = f.pow_params(boot=True) if f.boot_pow is not None else None
+    e["power_law"] = {"model": POWER_LAW}
+    for name in ("A", "alpha"):
+        e["power_law"].update(_interval_fields(name, f.pow_params()[name], None if bpp is None else bpp[name], ci))
+    e["power_law"]["goodness_of_fit"] = _gof(f, "power_law")
+    daic = e["goodness_of_fit"]["aic"] - e["power_law"]["goodness_of_fit"]["aic"]
+    if not np.isfinite(daic):  # an exact fit (zero residuals): AIC says nothing
+        e["preferred_model"] = "saturating"
+    else:
+        e["preferred_model"] = "saturating" if daic < -2 else "power_law" if daic > 2 else "either (|delta AIC| <= 2)"
+    e["curve"] = _curve(f, min(src_n), max(src_n), ci)
+    return e
+
+
+def _curve_at(sizes: np.ndarray, p: dict | None) -> np.ndarray | None:
+    """Fitted errors at `sizes` for each bootstrap replicate: (B, J), or None without replicates."""
+    return None if p is None else predict(sizes[None], p["E"][:, None], p["A"][:, None], p["alpha"][:, None])
+
+
+def _multiplier_entry(d: Data, f: Fit | None, base: Fit, means: np.ndarray,
+                      boot_means: np.ndarray | None, ci: float) -> dict:
+    """Summary + per-size multipliers of method d vs the baseline fit (fit-based and measured)."""
+    sizes = d.sizes
+    brange = (float(base.data.sizes.min()), float(base.data.sizes.max()))
+    bboot = base.params(boot=True) if base.boot_sat is not None else None
+    cm = mult.compare(sizes, means, boot_means, base.params(), bboot, brange, ci)
+    cf = None
+    e: dict = {}
+    if f is not None:
+        xboot = f.params(boot=True) if f.boot_sat is not None else None
+        cf = mult.compare(sizes, predict(sizes, **f.params()), _curve_at(sizes, xboot), base.params(), bboot, brange, ci)
+        # Same comparison under the pure power law (the paper's n_SFT(e) = (A / e)^(1 / b)).
+        has = f.boot_pow is not None and base.boot_pow is not None
+        cp = mult.compare(sizes, predict(sizes, **f.pow_params()),
+                          _curve_at(sizes, f.pow_params(boot=True) if has else None), base.pow_params(),
+                          base.pow_params(boot=True) if has else None, brange, ci)
+        e["power_law"] = _multiplier_fields(cp, sizes)
+    e.update(_multiplier_fields(cf if cf is not None else cm, sizes))
+    e["multiplier_basis"] = "fit" if cf is not None else "measured"
+    per = []
+    for j, s in enumerate(sizes):
+        row = {"n": int(s), "err_mean": float(means[j])}
+        if cf is not None:
+            row.update({"err_fit": float(predict(s, **f.params())), "n_baseline": cf["n_baseline"][j],
+                        "multiplier": cf["k"][j], "multiplier_low": cf["k_low"][j],
+                        "multiplier_high": cf["k_high"][j], "extrapolated": bool(cf["extrapolated"][j]),
+                        "unreachable": bool(cf["unreachable"][j])})
+        row.update({"n_baseline_measured": cm["n_baseline"][j], "multiplier_measured": cm["k"][j],
+                    "multiplier_measured_low": cm["k_low"][j], "multiplier_measured_high": cm["k_high"][j],
+                    "extrapolated_measured": bool(cm["extrapolated"][j]),
+                    "unreachable_measured": bool(cm["unreachable"][j])})
+        per.append(row)
+    e["multipliers"] = per
+    return e
+
+
+def _no_fit_error(datas: dict[str, Data], problems: dict[str, str | None]) -> AnalysisError:
+    if all(p.startswith("only ") for p in problems.values()):
+        seen = sorted({int(s) for d in datas.values() for s in d.sizes})
+        return AnalysisError(f"cannot fit E + A*n^-alpha: every method has fewer than {MIN_SIZES} "
+                             f"distinct data sizes (sizes in the results: {', '.join(map(str, seen))}); "
+                             f"run >= {MIN_SIZES} sizes (collect and plot still work)")
+    why: dict[str, list[str]] = {}
+    for k, p in problems.items():
+        why.setdefault(p, []).append(k)
+    return AnalysisError("no method could be fitted: " + "; ".join(f"{p} ({', '.join(ks)})" for p, ks in why.items()))
+
+
+CI_METHOD = {
+    "seed": ("stratified paired seed bootstrap: within each data size m-1 of its m seeds are drawn "
+             "with replacement and reweighted by m/(m-1) (Rao-Wu rescaling, so few seeds do not "
+             "understate the spread); the baseline and every method share the drawn seed ranks in "
+             "each replicate; percentile intervals"),
+    "residual": ("paired residual bootstrap (some data size has a single seed, so seeds cannot be "
+                 "resampled): centred log residuals of each fit, inflated by sqrt(N/(N-p)), are "
+                 "resampled with indices shared across methods; percentile intervals"),
+}
+
+
 def fit_table(rows: list[dict], baseline: str = "sft", n_boot: int = 1000, seed: int = 0,
               ci: float = 0.95, huber_delta: float | None = None, error_floor: float = 1e-3,
               source_path: str | None = None) -> dict:
@@ -397,7 +484,7 @@ def fit_table(rows: list[dict], baseline: str = "sft", n_boot: int = 1000, seed:
     if not 0 < ci < 1:
         raise AnalysisError(f"--ci must be a level in (0, 1), e.g. 0.95; got {ci}")
     datas = group(rows, error_floor)
-    raw: dict[str, dict] = {k: {} for k in datas}
+    raw: dict[str, dict] = {k: {} for k in datas}  # unfloored errors per size, for the tables
     for r in rows:
         raw[f"{r['objective']}/{r['source']}"].setdefault(float(r["n"]), []).append(r["test_error"])
 
@@ -412,112 +499,47 @@ def fit_table(rows: list[dict], baseline: str = "sft", n_boot: int = 1000, seed:
             else:
                 fits[k] = f
     if not fits:
-        if all(p.startswith("only ") for p in problems.values()):
-            seen = sorted({int(s) for d in datas.values() for s in d.sizes})
-            raise AnalysisError(f"cannot fit E + A*n^-alpha: every method has fewer than {MIN_SIZES} "
-                                f"distinct data sizes (sizes in the results: {', '.join(map(str, seen))}); "
-                                f"run >= {MIN_SIZES} sizes (collect and plot still work)")
-        why: dict[str, list[str]] = {}
-        for k, p in problems.items():
-            why.setdefault(p, []).append(k)
-        raise AnalysisError("no method could be fitted: " + "; ".join(f"{p} ({', '.join(ks)})" for p, ks in why.items()))
+        raise _no_fit_error(datas, problems)
 
+    # One design for the whole table so every comparison is paired the same way.
     one_seed = any(min(np.unique(d.n, return_counts=True)[1]) < 2 for d in datas.values())
     mode = "residual" if one_seed else "seed"
     draws = Draws(list(datas.values()), n_boot, seed, mode) if n_boot > 0 else None
     if draws is not None:
         for f in fits.values():
             bootstrap(f, draws)
-        # Unfitted methods still get bootstrapped per-size means (for measured multipliers).
-        seed_w = {k: draws.seed_weights(d) for k, d in datas.items() if k not in fits and mode == "seed"}
 
     methods = {}
     for k, d in datas.items():
-        src = d.source
-        base = fits.get(f"{baseline}/{src}")
-        e: dict = {"objective": d.objective, "source": src, "is_baseline": d.objective == baseline,
-                   "n_runs": len(d.n), "n_floored": d.n_floored, "sizes": _size_table(d, raw[k])}
-        f = fits.get(k)
-        e["fit_error"] = problems[k]
-        src_n = [s for dd in datas.values() if dd.source == src for s in dd.sizes]
+        f, base = fits.get(k), fits.get(f"{baseline}/{d.source}")
+        e: dict = {"objective": d.objective, "source": d.source, "is_baseline": d.objective == baseline,
+                   "n_runs": len(d.n), "n_floored": d.n_floored, "sizes": _size_table(d, raw[k]),
+                   "fit_error": problems[k]}
         if f is not None:
-            p = f.params()
-            bp = f.params(boot=True) if f.boot_sat is not None else None
-            for name in ("E", "A", "alpha"):
-                e.update(_interval_fields(name, p[name], None if bp is None else bp[name], ci))
-            e["huber_delta"] = f.delta
-            e["goodness_of_fit"] = _gof(f, "saturating")
-            pp, bpp = f.pow_params(), (f.pow_params(boot=True) if f.boot_pow is not None else None)
-            e["power_law"] = {"model": POWER_LAW}
-            for name in ("A", "alpha"):
-                e["power_law"].update(_interval_fields(name, pp[name], None if bpp is None else bpp[name], ci))
-            e["power_law"]["goodness_of_fit"] = _gof(f, "power_law")
-            daic = e["goodness_of_fit"]["aic"] - e["power_law"]["goodness_of_fit"]["aic"]
-            e["preferred_model"] = ("saturating" if daic < -2 else "power_law" if daic > 2
-                                    else "either (|delta AIC| <= 2)") if np.isfinite(daic) else "saturating"
-            e["curve"] = _curve(f, min(src_n), max(src_n), ci)
+            e.update(_fit_entry(f, [s for dd in datas.values() if dd.source == d.source for s in dd.sizes], ci))
         else:
-            e.update({name: None for name in ("E", "E_low", "E_high", "A", "A_low", "A_high",
-                                              "alpha", "alpha_low", "alpha_high")})
-
+            e.update(dict.fromkeys(("E", "E_low", "E_high", "A", "A_low", "A_high", "alpha", "alpha_low", "alpha_high")))
         if base is None:
-            e["multiplier"] = None
-            e["multiplier_note"] = (f"no fit for baseline {baseline}/{src}: "
-                                    f"{problems.get(f'{baseline}/{src}') or 'no baseline runs for this source'}")
-            e["multipliers"] = []
-            methods[k] = e
-            continue
-        brange = (float(base.data.sizes.min()), float(base.data.sizes.max()))
-        bpt, bbt = base.params(), (base.params(boot=True) if base.boot_sat is not None else None)
-        sizes = d.sizes
-        means = np.array([np.mean(raw[k][float(s)]) for s in sizes])
-        if f is not None:
-            boot_means = f.boot_means
-        elif draws is not None and k in seed_w:
-            boot_means = d.size_means(np.broadcast_to(d.err, seed_w[k].shape), seed_w[k])
+            why = problems.get(f"{baseline}/{d.source}") or "no baseline runs for this source"
+            e.update(multiplier=None, multiplier_note=f"no fit for baseline {baseline}/{d.source}: {why}", multipliers=[])
         else:
-            boot_means = None
-        cm = mult.compare(sizes, means, boot_means, bpt, bbt, brange, ci)
-        cf = None
-        if f is not None:
-            bx = f.params(boot=True) if f.boot_sat is not None else None
-            fe_boot = None if bx is None else predict(sizes[None], bx["E"][:, None], bx["A"][:, None], bx["alpha"][:, None])
-            cf = mult.compare(sizes, predict(sizes, **f.params()), fe_boot, bpt, bbt, brange, ci)
-            pbt = f.pow_params(boot=True) if f.boot_pow is not None else None
-            bpb = base.pow_params(boot=True) if base.boot_pow is not None else None
-            pe_boot = None if pbt is None else predict(sizes[None], 0.0, pbt["A"][:, None], pbt["alpha"][:, None])
-            cp = mult.compare(sizes, predict(sizes, **f.pow_params()), pe_boot, base.pow_params(), bpb, brange, ci)
-            e["power_law"].update(_multiplier_fields(cp, sizes))
-        use = cf if cf is not None else cm
-        e.update(_multiplier_fields(use, sizes))
-        e["multiplier_basis"] = "fit" if cf is not None else "measured"
-        if e["is_baseline"]:  # k == 1 by construction; P(k > 1) would only measure rounding
-            e["multiplier_p_gt_1"] = None
-        per = []
-        for j, s in enumerate(sizes):
-            row = {"n": int(s), "err_mean": float(means[j])}
-            if cf is not None:
-                row.update({"err_fit": float(predict(s, **f.params())), "n_baseline": cf["n_baseline"][j],
-                            "multiplier": cf["k"][j], "multiplier_low": cf["k_low"][j],
-                            "multiplier_high": cf["k_high"][j], "extrapolated": bool(cf["extrapolated"][j]),
-                            "unreachable": bool(cf["unreachable"][j])})
-            row.update({"n_baseline_measured": cm["n_baseline"][j], "multiplier_measured": cm["k"][j],
-                        "multiplier_measured_low": cm["k_low"][j], "multiplier_measured_high": cm["k_high"][j],
-                        "extrapolated_measured": bool(cm["extrapolated"][j]),
-                        "unreachable_measured": bool(cm["unreachable"][j])})
-            per.append(row)
-        e["multipliers"] = per
+            means = np.array([np.mean(raw[k][float(s)]) for s in d.sizes])
+            if f is not None:
+                boot_means = f.boot_means
+            elif draws is not None and mode == "seed":  # unfitted methods still get measured multipliers
+                w = draws.seed_weights(d)
+                boot_means = d.size_means(np.broadcast_to(d.err, w.shape), w)
+            else:
+                boot_means = None
+            m = _multiplier_entry(d, f, base, means, boot_means, ci)
+            e["power_law"] = {**e.get("power_law", {}), **m.pop("power_law", {})}
+            if not e["power_law"]:
+                del e["power_law"]
+            e.update(m)
+            if e["is_baseline"]:  # k == 1 by construction; P(k > 1) would only measure rounding
+                e["multiplier_p_gt_1"] = None
         methods[k] = e
 
-    if mode == "seed":
-        ci_method = ("stratified paired seed bootstrap: within each data size m-1 of its m seeds are "
-                     "drawn with replacement and reweighted by m/(m-1) (Rao-Wu rescaling, so few seeds "
-                     "do not understate the spread); the baseline and every method share the drawn seed "
-                     "ranks in each replicate; percentile intervals")
-    else:
-        ci_method = ("paired residual bootstrap (some data size has a single seed, so seeds cannot be "
-                     "resampled): centred log residuals of each fit, inflated by sqrt(N/(N-p)), are "
-                     "resampled with indices shared across methods; percentile intervals")
     # jsonable: the in-memory result is exactly what fits.json holds (inf/nan -> null, no numpy).
     return jsonable({
         "schema": "eightfold.fits/1",
@@ -532,7 +554,7 @@ def fit_table(rows: list[dict], baseline: str = "sft", n_boot: int = 1000, seed:
         "huber_delta": "auto (1.345 x MAD of a least-squares pilot fit's log residuals, >= 1e-3)"
                        if huber_delta is None else huber_delta,
         "error_floor": error_floor,
-        "ci_method": ci_method if n_boot > 0 else "none (--n-boot 0)",
+        "ci_method": CI_METHOD[mode] if n_boot > 0 else "none (--n-boot 0)",
         "bootstrap_mode": mode if n_boot > 0 else None,
         "ci_level": ci, "n_boot": n_boot, "seed": seed,
         "multiplier_definition": ("k(n) = n_b(err_X(n)) / n with n_b(e) = (A_b / (e - E_b))^(1/alpha_b) "

@@ -147,13 +147,17 @@ def multiplier_plot(fits: dict, out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 1 + len(sources), figsize=(w_sum + 5.0 * len(sources), 4.0), squeeze=False,
                              gridspec_kw={"width_ratios": [w_sum] + [5.0] * len(sources)})
     ax = axes[0][0]
-    top = max([_v(ms[k].get("multiplier_high")) for k in keys] + [_v(ms[k].get("multiplier")) for k in keys]
-              + [2.0], key=lambda v: v if np.isfinite(v) else 0)
+    vals = np.array([_v(ms[k].get(f)) for k in keys for f in ("multiplier", "multiplier_low", "multiplier_high")])
+    vals = vals[np.isfinite(vals) & (vals > 0)]
+    bottom, top = min([0.5, *vals]) / 1.5, max([2.0, *vals]) * 1.5
+    ax.set_ylim(bottom, top * 2)  # explicit: annotations alone would leave a log axis without limits
     for i, k in enumerate(keys):
         m, c = ms[k], col[ms[k]["objective"]]
         v, lo, hi = _v(m.get("multiplier")), _v(m.get("multiplier_low")), _v(m.get("multiplier_high"))
-        if m.get("multiplier_unreachable") or not np.isfinite(v):
-            ax.annotate("∞\n(unreachable)", (i, top * 1.5), ha="center", color=c, fontsize=8)
+        if not np.isfinite(v):
+            txt = "∞\n(unreachable)" if m.get("multiplier_unreachable") else "n/a"
+            ax.plot([i], [top], "^" if m.get("multiplier_unreachable") else "x", color=c, ms=9)
+            ax.annotate(txt, (i, top), xytext=(0, -24), textcoords="offset points", ha="center", color=c, fontsize=8)
             continue
         hollow = m.get("multiplier_extrapolated")
         yerr = None

@@ -99,7 +99,8 @@ def write_report(out_dir: str | Path, rows: list[dict], fits: dict | None, plots
                                      ("unreachable by baseline", m.get("multiplier_unreachable"))) if on]
             flags.append(f"basis: {m.get('multiplier_basis')}")
             pl = m.get("power_law", {})
-            body.append([k, fmt_ci(m, "multiplier") + "×", fmt(m.get("multiplier_p_gt_1"), 2),
+            k_txt = "∞ (baseline never reaches it)" if m.get("multiplier") is None else fmt_ci(m, "multiplier") + "×"
+            body.append([k, k_txt, fmt(m.get("multiplier_p_gt_1"), 2),
                          fmt_ci(pl, "multiplier") + "×" if pl.get("multiplier") is not None else "—",
                          ", ".join(flags) + f"; sizes {m.get('multiplier_sizes')}"])
         L += _table(["method", "multiplier [CI]", "P(k>1)", "pure power law", "notes"], body) + [""]

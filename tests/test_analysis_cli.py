@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+
 from eightfold_analysis.cli import main
 
 SIZES = [100, 300, 1000, 3000]

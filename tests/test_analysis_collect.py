@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+
 from eightfold_analysis import collect as C
 from eightfold_analysis.cli import main
 from eightfold_analysis.common import AnalysisError

@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+
 from eightfold_analysis import fit as F
 from eightfold_analysis import multiplier as M
+from eightfold_analysis.plot import plot_all
 
 SIZES = [128, 256, 512, 1024, 2048, 4096, 8192]
 
@@ -60,14 +62,18 @@ def test_baseline_against_itself_is_exactly_one():
     assert m["multiplier_high"] == pytest.approx(1.0)
 
 
-def test_unreachable_when_method_beats_the_baseline_asymptote():
+def test_unreachable_when_method_beats_the_baseline_asymptote(tmp_path):
     rng = np.random.default_rng(13)
     base = rows_for(rng, "sft")
-    better = [dict(r, objective="x", test_error=r["test_error"] * 0.5) for r in rows_for(rng, "sft")]
-    m = F.fit_table(base + better, n_boot=100)["methods"]["x/p"]
-    big = [p for p in m["multipliers"] if p["unreachable"]]
-    assert big and all(p["multiplier"] is None for p in big)  # inf is written as null + flag
-    assert all(p["extrapolated"] for p in big)
+    much_better = [dict(r, objective="x", test_error=r["test_error"] * 0.2) for r in rows_for(rng, "sft")]
+    fits = F.fit_table(base + much_better, n_boot=100)
+    m = fits["methods"]["x/p"]
+    assert all(p["unreachable"] and p["multiplier"] is None for p in m["multipliers"])  # inf -> null + flag
+    assert all(p["extrapolated"] for p in m["multipliers"])
+    assert m["multiplier"] is None and m["multiplier_unreachable"]
+    # The charts must cope with a method that has no finite multiplier at all.
+    paths = plot_all(base + much_better, fits, tmp_path)
+    assert (tmp_path / "multipliers.png") in paths and (tmp_path / "multipliers.png").stat().st_size > 0
 
 
 def test_summary_ignores_sizes_whose_match_lies_outside_baseline_range():

@@ -31,6 +31,7 @@ HASH_EXCLUDE = (
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
     "checkpoint_every_n_steps",
+    "save_model",
 )
 
 RESULT = "result.json"
@@ -38,6 +39,7 @@ FAILED = "failed.json"
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
 LAST_CKPT = "last.ckpt"
+MODEL_DIR = "model"  # the final weights + tokenizer in save_pretrained format
 
 
 def _drop(tree: dict, dotted: str) -> None:

@@ -337,15 +337,26 @@ _JOB_DIR = re.compile(r"^(\d+)(?:_(\d+))?$")
 
 
 def _submitit_jobs(sweep_dir: Path) -> dict[int, str]:
-    """Array task index -> SLURM job id, from the launcher's folder ``.submitit/<id>``."""
-    jobs: dict[int, str] = {}
+    """Run index in the multirun -> SLURM job id, from the launcher's folders ``.submitit/<id>``.
+
+    submitit submits an array (folders ``<array id>_<task>``, plus ``<array id>`` with the
+    script) for two or more runs, and a plain job (folder ``<id>``) for one.
+    """
+    tasks: dict[int, str] = {}
+    plain: list[str] = []
     folder = sweep_dir / ".submitit"
     if folder.is_dir():
         for entry in folder.iterdir():
             m = _JOB_DIR.match(entry.name)
-            if entry.is_dir() and m and m.group(2) is not None:  # <array id>_<task>
-                jobs[int(m.group(2))] = entry.name
-    return jobs
+            if not (entry.is_dir() and m):
+                continue
+            if m.group(2) is not None:
+                tasks[int(m.group(2))] = entry.name
+            else:
+                plain.append(entry.name)
+    if not tasks and len(plain) == 1:
+        return {0: plain[0]}
+    return tasks
 
 
 def _wait_for_queue(job_ids: list[str], poll_s: float = 2.0) -> None:
@@ -384,7 +395,7 @@ def print_table(runs: list[Run], title: str) -> None:
             line += f"   ({extra})"
         print(line)
         if r.error:
-            print(f"        error: {r.error}")
+            print("        error: " + r.error.strip().replace("\n", "\n               "))
         if r.status in (FAILED, PARTIAL, PENDING) and r.log:
             print(f"        log:   {r.log}")
 

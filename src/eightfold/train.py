@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -28,6 +29,7 @@ from eightfold.rundir import (
     CHECKPOINTS,
     CONFIG,
     FAILED,
+    MODEL_DIR,
     RESULT,
     config_hash,
     last_checkpoint,
@@ -131,6 +133,7 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
     datamodule.prepare_examples()
     model, tokenizer = instantiate(cfg.model)
     datamodule.tokenizer = tokenizer
+    check_context_fits(datamodule, model, tokenizer)
     module = instantiate(cfg.objective.module, model=model, tokenizer=tokenizer, _convert_="all")
     if hasattr(module, "prepare_data_for_run"):  # RFT / DPO build their data from pi_sft here
         module.prepare_data_for_run(cfg, datamodule, directory)
@@ -138,14 +141,17 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
     _quiet_duplicate_lightning_logs()
     trainer = _build_trainer(cfg, directory)
     resume = last_checkpoint(directory)
+    resumed_from_step = _ckpt_step(resume)
     if resume is not None:
-        log.info("resuming from %s", resume)
+        log.info("resuming from %s (step %d)", resume, resumed_from_step)
     t_train = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     train_time = time.perf_counter() - t_train
 
     result: dict = {}
     if trainer.global_rank == 0:
+        if cfg.save_model:
+            save_model_atomic(model, tokenizer, directory / MODEL_DIR)
         device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto") else "cpu"
         model.to(device)
         t_eval = time.perf_counter()
@@ -165,7 +171,7 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
             "config_path": str(directory / CONFIG),
             "run_dir": str(directory),
             "train_steps": trainer.global_step,
-            "resumed_from_step": _ckpt_step(resume),
+            "resumed_from_step": resumed_from_step,
             "final_train_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
             "num_params": sum(p.numel() for p in model.parameters()),
             "train_time_s": round(train_time, 3),
@@ -180,6 +186,62 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
             result["test_accuracy"], cfg.data.size, cfg.objective.name, result["wall_time_s"], directory / RESULT,
         )
     return result
+
+
+def check_context_fits(datamodule, model, tokenizer) -> None:
+    """Fail with a clear message (not an IndexError mid-training) if examples exceed the context."""
+    from eightfold.generation import encode_prompt, encode_response
+
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        return
+    longest = max(
+        len(encode_prompt(tokenizer, e.prompt)) + len(encode_response(tokenizer, e.solution))
+        for e in datamodule.train_examples + datamodule.test_examples
+    )
+    if longest > limit:
+        raise ConfigError(
+            f"the longest example has {longest} tokens but the model's context is {limit}: "
+            f"raise model.n_positions (tiny_gpt) to >= {longest} or shorten the task (data.task.steps)"
+        )
+
+
+def save_model_atomic(model, tokenizer, target: Path) -> None:
+    """``save_pretrained`` into a temp folder, then rename: a later run never loads half a model."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+def sft_config(cfg: DictConfig) -> DictConfig:
+    """The SFT run that an objective built on pi_sft starts from: this config with objective=sft."""
+    sft = OmegaConf.load(CONF_DIR / "objective" / "sft.yaml")
+    base = cfg.copy()
+    OmegaConf.set_struct(base, False)
+    base.objective = sft
+    base.save_model = True
+    return base
+
+
+def ensure_sft_model(cfg: DictConfig) -> Path:
+    """Directory of the trained pi_sft (``save_pretrained`` format) for ``cfg``'s data, model and seed.
+
+    Runs the SFT run first if it has not finished; every objective at the same (data, model,
+    seed) shares it, so a sweep over objectives trains SFT once per size.
+    """
+    base = sft_config(cfg)
+    directory = run_dir(base)
+    if not (directory / MODEL_DIR).is_dir():
+        if read_result(directory) is not None:  # finished without a saved model: redo it
+            (directory / RESULT).unlink()
+        log.info("training the SFT model this run starts from: %s", directory)
+        out = run(base)
+        if out.get("status") == "running_elsewhere":
+            raise RuntimeError(f"the SFT run {directory} is running in another process; retry when it is done")
+    return directory / MODEL_DIR
 
 
 def _quiet_duplicate_lightning_logs() -> None:

@@ -93,6 +93,12 @@ class MathDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         max_new_tokens: int = 64,
+        # non-procedural sources (eightfold.data.synthetic): teacher data, local JSONL files
+        teacher: dict | None = None,
+        train_file: str | None = None,
+        test_file: str | None = None,
+        label: str = "reference",
+        cache_dir: str | None = None,
     ):
         super().__init__()
         self.source, self.kind, self.size, self.seed = source, kind, size, seed
@@ -100,6 +106,10 @@ class MathDataModule(L.LightningDataModule):
         self.task = dict(task or {})
         self.batch_size, self.num_workers = batch_size, num_workers
         self.max_new_tokens = max_new_tokens
+        self.source_options = dict(
+            teacher=teacher, train_file=train_file, test_file=test_file, label=label, cache_dir=cache_dir
+        )
+        self.data_info: dict = {}  # statistics + provenance of the training data (teacher sources)
         self.tokenizer = None
         self.train_examples: list[Example] = []
         self.test_examples: list[Example] = []
@@ -108,7 +118,13 @@ class MathDataModule(L.LightningDataModule):
         if self.train_examples:
             return
         if self.source != "procedural":
-            raise ValueError(f"data.source={self.source!r} is not valid: expected 'procedural'")
+            from eightfold.data.synthetic import build_split
+
+            self.train_examples, self.test_examples, self.data_info = build_split(
+                source=self.source, kind=self.kind, size=self.size, seed=self.seed, test_size=self.test_size,
+                test_seed=self.test_seed, task=self.task, **self.source_options,
+            )
+            return
         self.train_examples, self.test_examples = procedural_split(
             self.size, self.seed, self.test_size, self.test_seed, **self.task
         )

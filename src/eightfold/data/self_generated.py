@@ -1,0 +1,303 @@
+"""Self-generated data from pi_sft: k samples per problem, verified, de-duplicated, with provenance.
+
+``SftSource(cfg, datamodule)`` is what RFT, DPO, per-step DPO and AWR start from:
+
+* ``.dir`` / ``.model`` / ``.tokenizer``: the trained SFT run of the same data, model and seed
+  (``eightfold.train.ensure_sft_model`` trains it first if needed);
+* ``.samples()``: k samples per prompt at (temperature, top_p), each verified with
+  ``verify.is_correct`` and, on the procedural source, checked step by step
+  (``first_wrong_step``); built once and cached under ``<paths.root>/cache/samples/`` by
+  ``eightfold.data.cache.load_or_build``, keyed by the SFT run, its weights' sha256, k,
+  temperature, top_p, max_new_tokens, seed, batch size and the prompts. rft / dpo / step_dpo /
+  awr at the same size and sampling knobs therefore share ONE sampling pass;
+* ``.rollouts(...)``: the Monte Carlo step values of the selected negatives (cached the same way
+  under ``cache/rollouts/``), shared by step_dpo and awr.
+
+Record of one sample: ``{"problem": i, "j": j, "completion": str, "correct": bool,
+"first_wrong_step": int | None (procedural; None = every step right), "teacher": bool (same
+steps as the teacher's solution)}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from eightfold.data.arithmetic import first_wrong_step, generate_problems
+from eightfold.data.datamodule import Example
+from eightfold.verify import is_correct, split_steps
+
+log = logging.getLogger(__name__)
+
+# Above this many bytes of weights, the fingerprint is (name, size, mtime) instead of a sha256.
+HASH_WEIGHTS_MAX_BYTES = 2 * 1024**3
+PROMPT_SETS = ("train", "pool")
+
+
+def weights_fingerprint(model_dir: Path) -> str:
+    """sha256 over the weight files of a ``save_pretrained`` folder (cheap proxy for huge models)."""
+    files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
+    if not files:
+        raise FileNotFoundError(f"no weight files in {model_dir}")
+    h = hashlib.sha256()
+    if sum(p.stat().st_size for p in files) <= HASH_WEIGHTS_MAX_BYTES:
+        for p in files:
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+        return h.hexdigest()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return "stat-" + h.hexdigest()
+
+
+def load_pretrained(model_dir: Path):
+    """(model, tokenizer) from a ``save_pretrained`` folder, in eval mode, gradients off."""
+    from eightfold.models import hf_causal_lm
+
+    model, tokenizer = hf_causal_lm(str(model_dir), attn_implementation=None)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def run_device(cfg: DictConfig) -> torch.device:
+    """Where sampling and rollouts run: the run's accelerator if it is a GPU that exists."""
+    gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    return torch.device("cuda" if gpu else "cpu")
+
+
+def cache_root(cfg: DictConfig) -> Path:
+    return Path(cfg.data.get("cache_dir") or Path(cfg.paths.root) / "cache")
+
+
+def prompts_hash(examples: list[Example]) -> str:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(e.prompt.encode() + b"\x1f" + e.answer.encode() + b"\x1e")
+    return h.hexdigest()
+
+
+def sampling_examples(cfg: DictConfig, datamodule) -> list[Example]:
+    """The prompts samples are drawn on: the training problems (paper) or a fresh pool.
+
+    ``pool`` (objective.sample_prompts=pool) draws data.size new problems from the generator,
+    disjoint from train and test, with the generator's answers: it deviates from the paper
+    (more problems than the teacher data) and exists for the memorisation regime measured in
+    cpu-testbed.md, where pi_sft reproduces its training solutions.
+    """
+    which = cfg.objective.get("sample_prompts", "train")
+    if which not in PROMPT_SETS:
+        raise ValueError(f"objective.sample_prompts={which!r} is not valid: expected one of {', '.join(PROMPT_SETS)}")
+    if which == "train":
+        return list(datamodule.train_examples)
+    if datamodule.source != "procedural":
+        raise ValueError("objective.sample_prompts=pool needs data.source=procedural (a generator with answers)")
+    exclude = {e.prompt for e in datamodule.train_examples} | {e.prompt for e in datamodule.test_examples}
+    task = dict(datamodule.task)
+    pool_seed = int(datamodule.seed) + 1_000_003
+    problems = generate_problems(len(datamodule.train_examples), pool_seed, exclude=exclude, **task)
+    return [
+        Example(p.prompt, p.solution(random.Random(f"pool-{pool_seed}-{i}")), str(p.answer), p)
+        for i, p in enumerate(problems)
+    ]
+
+
+def same_steps(a: str, b: str) -> bool:
+    return split_steps(a) == split_steps(b)
+
+
+@dataclass
+class SampleSet:
+    examples: list[Example]
+    records: list[dict]
+    key: dict
+    time_s: float | None = None  # time of the pass that built it (None: loaded from the cache)
+    by_problem: dict[int, list[dict]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for r in self.records:
+            self.by_problem.setdefault(r["problem"], []).append(r)
+
+
+def draw_samples(model, tokenizer, examples: list[Example], kind: str, *, k: int, temperature: float,
+                 top_p: float, max_new_tokens: int, seed: int, batch_size: int) -> list[dict]:
+    """k samples per example through ``generation.generate`` (the one decoding path), verified."""
+    from eightfold.generation import generate
+
+    outs = generate(
+        model, tokenizer, [e.prompt for e in examples], max_new_tokens, do_sample=True, temperature=temperature,
+        top_p=top_p, num_samples=k, batch_size=batch_size, seed=seed,
+    )
+    records = []
+    for i, (e, completions) in enumerate(zip(examples, outs)):
+        for j, c in enumerate(completions):
+            ok = is_correct(c, e.answer, kind)
+            records.append({
+                "problem": i, "j": j, "completion": c, "correct": ok,
+                "first_wrong_step": first_wrong_step(e.problem, c) if e.problem is not None else None,
+                "teacher": same_steps(c, e.solution),
+            })
+    return records
+
+
+def sample_stats(samples: SampleSet) -> dict:
+    """Counts for result.json: samples, positives, negatives, novel and spurious positives."""
+    recs, examples = samples.records, samples.examples
+    known = all(e.problem is not None for e in examples)
+    unique_pos: dict[tuple[int, tuple[str, ...]], dict] = {}
+    unique_neg: set[tuple[int, tuple[str, ...]]] = set()
+    for r in recs:
+        key = (r["problem"], tuple(split_steps(r["completion"])))
+        if r["correct"]:
+            unique_pos.setdefault(key, r)
+        else:
+            unique_neg.add(key)
+    pos = list(unique_pos.values())
+    out = {
+        "samples": len(recs),
+        "sample_accuracy": round(sum(r["correct"] for r in recs) / max(1, len(recs)), 4),
+        "samples_correct": sum(r["correct"] for r in recs),
+        "samples_incorrect": sum(not r["correct"] for r in recs),
+        "positives": len(pos),  # unique (problem, steps) with the right answer
+        "negatives": len(unique_neg),
+        "novel_positives": sum(not r["teacher"] for r in pos),  # differ from the teacher's solution
+        "problems_with_positive": len({r["problem"] for r in pos}),
+        "problems_with_negative": len({p for p, _ in unique_neg}),
+        "sample_prompts": samples.key.get("prompts", {}).get("set"),
+    }
+    if known:
+        out["spurious_positives"] = sum(r["first_wrong_step"] is not None for r in pos)  # right answer, a step wrong
+        out["novel_strict_positives"] = sum(not r["teacher"] and r["first_wrong_step"] is None for r in pos)
+        out["sample_strict_accuracy"] = round(sum(r["first_wrong_step"] is None for r in recs) / max(1, len(recs)), 4)
+    return out
+
+
+def select_negatives(samples: SampleSet, per_problem: int | None, max_total: int | None, seed: int) -> list[tuple[int, str]]:
+    """Unique incorrect samples (problem index, text): at most ``per_problem`` per problem and
+    ``max_total`` overall, picked by a seeded shuffle (the same set for dpo, step_dpo, awr)."""
+    seen: set[tuple[int, tuple[str, ...]]] = set()
+    by_problem: dict[int, list[str]] = {}
+    for r in samples.records:
+        key = (r["problem"], tuple(split_steps(r["completion"])))
+        if not r["correct"] and key not in seen:
+            seen.add(key)
+            by_problem.setdefault(r["problem"], []).append(r["completion"])
+    rng = random.Random(f"negatives-{seed}")
+    chosen: list[tuple[int, str]] = []
+    for p in sorted(by_problem):
+        texts = by_problem[p]
+        rng.shuffle(texts)
+        chosen += [(p, t) for t in texts[: per_problem or len(texts)]]
+    rng.shuffle(chosen)
+    if max_total is not None:
+        chosen = chosen[:max_total]
+    return sorted(chosen, key=lambda x: x[0])
+
+
+class SftSource:
+    """pi_sft of this run's (data, model, seed), its samples and rollouts, all cached on disk."""
+
+    def __init__(self, cfg: DictConfig, datamodule):
+        from eightfold.train import ensure_sft_model
+
+        self.cfg, self.datamodule = cfg, datamodule
+        self.obj = cfg.objective
+        self.dir = Path(ensure_sft_model(cfg))
+        self.device = run_device(cfg)
+        self.model, self.tokenizer = load_pretrained(self.dir)
+        self.model.to(self.device)
+        self.fingerprint = {"run": self.dir.parent.name, "weights_sha256": weights_fingerprint(self.dir)}
+        self.cache = cache_root(cfg)
+        self.kind = datamodule.kind
+        self._samples: SampleSet | None = None
+
+    # -- samples -------------------------------------------------------------
+    def sample_key(self, examples: list[Example]) -> dict:
+        o = self.obj
+        return {
+            "sft": self.fingerprint, "k": int(o.k), "temperature": float(o.temperature), "top_p": float(o.top_p),
+            "max_new_tokens": int(o.max_new_tokens), "seed": int(self.cfg.seed), "batch_size": int(o.sample_batch_size),
+            "kind": self.kind, "prompts": {"set": o.get("sample_prompts", "train"), "n": len(examples),
+                                           "sha256": prompts_hash(examples)},
+        }
+
+    def samples(self) -> SampleSet:
+        if self._samples is not None:
+            return self._samples
+        from eightfold.data.cache import load_or_build
+
+        examples = sampling_examples(self.cfg, self.datamodule)
+        key = self.sample_key(examples)
+        timing: dict = {}
+        o = self.obj
+
+        def build():
+            t0 = time.perf_counter()
+            recs = draw_samples(
+                self.model, self.tokenizer, examples, self.kind, k=int(o.k), temperature=float(o.temperature),
+                top_p=float(o.top_p), max_new_tokens=int(o.max_new_tokens), seed=int(self.cfg.seed),
+                batch_size=int(o.sample_batch_size),
+            )
+            timing["time_s"] = time.perf_counter() - t0
+            log.info("sampled %d solutions from %s in %.1f s", len(recs), self.dir, timing["time_s"])
+            return recs
+
+        records = load_or_build(self.cache, "samples", key, build, meta={"sft_dir": str(self.dir)})
+        self._samples = SampleSet(examples, records, key, timing.get("time_s"))
+        return self._samples
+
+    # -- rollouts ------------------------------------------------------------
+    def negatives(self) -> list[tuple[int, str]]:
+        o = self.obj
+        return select_negatives(self.samples(), o.get("negatives_per_problem"), o.get("max_negatives"), int(self.cfg.seed))
+
+    def rollouts(self):
+        """(list[NegativeValues], stats dict) of the selected negatives (cached)."""
+        from eightfold.data.cache import load_or_build
+        from eightfold.objectives.rollouts import NegativeValues, rollout_negatives
+
+        samples = self.samples()
+        negs = self.negatives()
+        o = self.obj
+        key = {
+            "samples": samples.key, "negatives": hashlib.sha256(repr(negs).encode()).hexdigest(),
+            "rollouts": int(o.rollouts), "temperature": float(o.rollout_temperature), "top_p": float(o.rollout_top_p),
+            "max_new_tokens": int(o.max_new_tokens), "seed": int(self.cfg.seed), "early_stop": bool(o.early_stop),
+            "keep_correct": int(o.keep_correct), "backend": o.get("rollout_backend", "hf"),
+        }
+
+        def build():
+            items, stats = rollout_negatives(
+                self.model, self.tokenizer, negs, [e.prompt for e in samples.examples],
+                [e.answer for e in samples.examples], self.kind, rollouts=int(o.rollouts),
+                temperature=float(o.rollout_temperature), top_p=float(o.rollout_top_p),
+                max_new_tokens=int(o.max_new_tokens), seed=int(self.cfg.seed), early_stop=bool(o.early_stop),
+                share_prefix=bool(o.prefix_reuse), batch_size=int(o.rollout_batch_size),
+                keep_correct=int(o.keep_correct), backend=o.get("rollout_backend", "hf"), model_dir=str(self.dir),
+            )
+            log.info("rolled out %d negatives: %s", len(items), stats.as_dict())
+            return [{"type": "summary", **stats.as_dict()}] + [{"type": "negative", **n.to_record()} for n in items]
+
+        built: list[bool] = []
+        records = load_or_build(
+            self.cache, "rollouts", key, lambda: built.append(True) or build(), meta={"sft_dir": str(self.dir)}
+        )
+        summary = next(r for r in records if r["type"] == "summary")
+        items = [NegativeValues.from_record(r) for r in records if r["type"] == "negative"]
+        stats = {k: v for k, v in summary.items() if k != "type"}
+        stats["rollouts_cached"] = not built  # the time above is that of the pass that built them
+        return items, stats
+
+    def release(self) -> None:
+        """Free pi_sft once the data (and reference log-probs) are built."""
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

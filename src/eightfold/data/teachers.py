@@ -1,0 +1,613 @@
+"""Teachers: what writes the solutions of D_syn. Selected by the ``teacher`` config group.
+
+    procedural  the generator's own solutions, with injected errors at a known step: a wrong
+                step (propagated, final answer wrong) with ``error_rate``, a spurious step (a wrong
+                intermediate value or a useless extra step, final answer still right: the failure
+                mode RFT amplifies) with ``spurious_rate``.
+    hf          any local transformers causal LM (a directory in save_pretrained format, e.g. an
+                SFT run's ``model/``), batched sampling through ``eightfold.generation.generate``.
+    openai      any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, Gemini via a proxy,
+                vLLM). Stdlib HTTP + threads: retries with seeded exponential backoff and jitter,
+                Retry-After, a concurrency limit. The API key is read from the environment variable
+                named by ``api_key_env``; it is never a config value and never logged.
+
+A teacher maps a list of ``Task`` to one list of samples per task, yielded in task order, so the
+caller can append each result to a resumable file as soon as it exists. Every sample is a dict
+with at least ``text``. ``key()`` is everything about the teacher that decides its outputs (the
+cache key part); operational knobs (concurrency, retries, device) are left out of it.
+
+Teacher output is untrusted text: it is only ever sliced and matched with regexes, never evaluated.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from eightfold.data.arithmetic import STEP_RE, Problem, apply
+from eightfold.verify import join_steps, split_steps
+
+log = logging.getLogger("eightfold.teachers")
+
+NAMES = ("procedural", "hf", "openai")
+MODES = ("solve", "rewrite")  # solve the seed problem as is | write a new problem like it, then solve it
+
+# Filled into a template's {answer_format}: the output contract of each verifier kind.
+ANSWER_FORMATS = {
+    "procedural": "Write one step per line and end with a line #<answer>.",
+    "gsm8k": "Write one step per line and end with a line '#### <number>'.",
+    "math": "Write one step per line and put the final answer in \\boxed{}.",
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int  # position in the seed stream: per-task seeds derive from it, never from batching
+    prompt: str  # the rendered teacher prompt
+    question: str  # the seed problem
+    problem: Problem | None = None  # procedural seeds only
+
+
+class Teacher(Protocol):
+    name: str
+    batch_size: int  # tasks per generate() call
+    aligned: bool  # True: outputs depend on the batch a task is in, so batches start at multiples of batch_size
+
+    def key(self) -> dict: ...
+
+    def generate(self, tasks: Sequence[Task], seed: int) -> Iterator[list[dict]]: ...
+
+
+class TeacherError(RuntimeError):
+    """A teacher could not produce a result (after its retries)."""
+
+
+def render(template: str, question: str, kind: str, solution: str | None = None) -> str:
+    """Fill ``{question}``, ``{answer_format}``, ``{solution}``. Plain replacement, not str.format:
+    LaTeX in MATH questions and templates is full of braces."""
+    return (
+        template.replace("{answer_format}", ANSWER_FORMATS[kind])
+        .replace("{solution}", solution or "")
+        .replace("{question}", question)
+    )
+
+
+def stable_int(*parts: Any) -> int:
+    """A 63-bit seed from parts, the same in every process (hash() is randomised per process)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
+
+
+def _check_keys(cfg: dict, valid: Sequence[str], where: str) -> None:
+    if "api_key" in cfg:
+        raise ValueError(
+            f"{where}.api_key is not allowed: put the key in the environment variable named by"
+            f" {where}.api_key_env (e.g. OPENAI_API_KEY) so it is never written into saved configs"
+        )
+    unknown = sorted(set(cfg) - set(valid))
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown}; valid keys: {', '.join(sorted(valid))}")
+
+
+def _rate(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"data.teacher.{key}={value!r} is not valid: expected a probability in [0, 1]")
+    return float(value)
+
+
+def _positive(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"data.teacher.{key}={value!r} is not valid: expected a positive integer")
+    return value
+
+
+# -----------------------------------------------------------------------------
+# procedural
+
+
+SPURIOUS_KINDS = ("wrong_value", "extra_step")
+
+
+class ProceduralTeacher:
+    """The generator's solution, corrupted at a known step with the configured probabilities.
+
+    The clean trace of task i is ``problem.solution(Random(f"teacher-{seed}-{i}"))``, the same
+    string the ``procedural`` source trains on, so with both rates at 0 this teacher reproduces
+    that source exactly. Corruption decisions use a separate per-task RNG: changing a rate never
+    changes the clean traces or which order a solution is written in.
+    """
+
+    name = "procedural"
+    aligned = False
+
+    def __init__(
+        self,
+        error_rate: float = 0.0,
+        spurious_rate: float = 0.0,
+        spurious_kinds: Sequence[str] = SPURIOUS_KINDS,
+        samples: int = 1,
+        batch_size: int = 1024,
+    ):
+        self.error_rate = _rate(error_rate, "error_rate")
+        self.spurious_rate = _rate(spurious_rate, "spurious_rate")
+        if self.error_rate + self.spurious_rate > 1:
+            raise ValueError(
+                f"data.teacher.error_rate + spurious_rate = {self.error_rate + self.spurious_rate} is not valid:"
+                " the two are exclusive probabilities, their sum must be <= 1"
+            )
+        bad = [k for k in spurious_kinds if k not in SPURIOUS_KINDS]
+        if bad or not spurious_kinds:
+            raise ValueError(
+                f"data.teacher.spurious_kinds={list(spurious_kinds)!r} is not valid: a non-empty subset of {SPURIOUS_KINDS}"
+            )
+        self.spurious_kinds = tuple(spurious_kinds)
+        self.samples = _positive(samples, "samples")
+        self.batch_size = _positive(batch_size, "batch_size")
+
+    def key(self) -> dict:
+        return {
+            "name": self.name,
+            "error_rate": self.error_rate,
+            "spurious_rate": self.spurious_rate,
+            "spurious_kinds": list(self.spurious_kinds),
+            "samples": self.samples,
+        }
+
+    def generate(self, tasks: Sequence[Task], seed: int) -> Iterator[list[dict]]:
+        for task in tasks:
+            if task.problem is None:
+                raise TeacherError("the procedural teacher needs procedural seeds (data.source=procedural_teacher)")
+            yield [self.sample(task.problem, task.index, k, seed) for k in range(self.samples)]
+
+    def sample(self, problem: Problem, index: int, k: int, seed: int) -> dict:
+        suffix = "" if k == 0 else f"-{k}"  # sample 0 is the procedural source's trace
+        clean = problem.solution(random.Random(f"teacher-{seed}-{index}{suffix}"))
+        rng = random.Random(f"procedural-teacher-{seed}-{index}{suffix}")
+        u = rng.random()
+        if u < self.error_rate:
+            text, step = corrupt(problem, clean, rng, propagate=True)
+            return {"text": text, "injected": "wrong", "injected_step": step}
+        if u < self.error_rate + self.spurious_rate:
+            kind = rng.choice(self.spurious_kinds)
+            if kind == "wrong_value":
+                text, step = corrupt(problem, clean, rng, propagate=False)
+            else:
+                text, step = extra_step(problem, clean, rng)
+            return {"text": text, "injected": f"spurious:{kind}", "injected_step": step}
+        return {"text": clean, "injected": "clean", "injected_step": None}
+
+
+def corrupt(problem: Problem, solution: str, rng: random.Random, propagate: bool) -> tuple[str, int]:
+    """Change one step's result to a wrong value. ``propagate``: later steps compute with the
+    wrong value (every op is injective in each operand, so the answer ends wrong); otherwise
+    later steps use the true value (a slip that the trace recovers from: right answer, wrong step).
+    Returns (solution, index of the corrupted step)."""
+    lines = split_steps(solution)
+    step = rng.randrange(len(lines) - 1)  # any computation line, not the answer line
+    m = problem.modulus
+    env = dict(problem.givens)
+    out = []
+    for i, line in enumerate(lines[:-1]):
+        var, lname, op, rname = STEP_RE.match(line).group(1, 2, 3, 4)
+        left = env[lname] if lname.isalpha() else int(lname)  # + and * may show the digit first
+        right = env[rname] if rname.isalpha() else int(rname)
+        result = apply(op, left, right, m)
+        shown = (result + rng.randrange(1, m)) % m if i == step else result
+        env[var] = shown if propagate else result
+        out.append(f"{var}={lname}{op}{rname}={left}{op}{right}={shown}")
+    out.append(f"#{env[problem.target]}")
+    return join_steps(out), step
+
+
+def extra_step(problem: Problem, solution: str, rng: random.Random) -> tuple[str, int]:
+    """Insert a correct but useless step that defines a variable the problem never uses."""
+    lines = split_steps(solution)
+    used = {v for v, _ in problem.givens} | {s.var for s in problem.steps}
+    fresh = next(c for c in "zyxwvutsrqponmlkjihgfedcba" if c not in used)
+    step = rng.randrange(len(lines))  # before any line, including the answer line
+    env = problem.values()
+    defined = [v for v, _ in problem.givens] + [STEP_RE.match(x).group(1) for x in lines[:step]]
+    base = rng.choice(defined)
+    op = rng.choice("+-*")
+    digit = rng.randrange(1, problem.modulus)
+    value = apply(op, env[base], digit, problem.modulus)
+    lines.insert(step, f"{fresh}={base}{op}{digit}={env[base]}{op}{digit}={value}")
+    return join_steps(lines), step
+
+
+# -----------------------------------------------------------------------------
+# hf
+
+
+def fingerprint_path(path: Path) -> str:
+    """sha256 over a file or a directory's files (relative names + contents): a checkpoint hash."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode() + b"\0")
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint_model(model) -> str:
+    """sha256 of a model's state dict (for a model built in memory, e.g. in tests/benchmarks)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # bytes, any dtype
+        h.update(name.encode() + b"\0" + raw.numpy().tobytes())
+    return h.hexdigest()
+
+
+class HFTeacher:
+    """Batched sampling from a local causal LM: ``samples`` completions per prompt.
+
+    ``aligned``: a batch is sampled from one seeded RNG stream, so a task's samples depend on its
+    batch; batches therefore always start at multiples of ``batch_size`` (a resumed or extended
+    stream regenerates the batch it stopped in and drops what is already stored).
+    """
+
+    name = "hf"
+    aligned = True
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        model_id: str,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        samples: int = 1,
+        max_new_tokens: int = 256,
+        batch_size: int = 64,
+        prompt_template: str = "{question}",
+        mode: str = "solve",
+        loader: Callable[[], tuple[Any, Any]] | None = None,
+    ):
+        # model/tokenizer may be None with a loader: the model is loaded at the first generate(),
+        # so a run whose data is already cached never loads it.
+        self._model, self._tokenizer, self._loader = model, tokenizer, loader
+        if model is None and loader is None:
+            raise ValueError("HFTeacher needs a model and tokenizer, or a loader")
+        self.model_id = model_id
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
+            raise ValueError(f"data.teacher.temperature={temperature!r} is not valid: expected a number >= 0 (0 = greedy)")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"data.teacher.top_p={top_p!r} is not valid: expected 0 < top_p <= 1")
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.samples = _positive(samples, "samples")
+        self.max_new_tokens = _positive(max_new_tokens, "max_new_tokens")
+        self.batch_size = _positive(batch_size, "batch_size")
+        self.prompt_template, self.mode = prompt_template, _mode(mode)
+
+    def _loaded(self) -> tuple[Any, Any]:
+        if self._model is None:
+            self._model, self._tokenizer = self._loader()
+        return self._model, self._tokenizer
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> HFTeacher:
+        cfg = dict(cfg)
+        path = cfg.pop("model_path", None)
+        if not path or not Path(path).is_dir():
+            raise ValueError(
+                f"data.teacher.model_path={path!r} is not valid: expected a local model directory in"
+                " save_pretrained format (e.g. an SFT run's <run>/model); no hub downloads"
+            )
+        dtype, device = cfg.pop("dtype", "auto"), cfg.pop("device", "auto")
+        attn = cfg.pop("attn_implementation", None)
+
+        def load() -> tuple[Any, Any]:
+            import torch
+
+            from eightfold.models import hf_causal_lm
+
+            model, tokenizer = hf_causal_lm(str(path), dtype=dtype, attn_implementation=attn)
+            target = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+            return model.to(target), tokenizer
+
+        # The checkpoint hash names the teacher: retrained weights at the same path are a new teacher.
+        return cls(None, None, model_id=f"{Path(path).name}@{fingerprint_path(path)}", loader=load, **cfg)
+
+    def key(self) -> dict:
+        return {
+            "name": self.name,
+            "model": self.model_id,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "samples": self.samples,
+            "max_new_tokens": self.max_new_tokens,
+            "batch_size": self.batch_size,  # decides the RNG stream of each batch (see class doc)
+            "prompt_template": self.prompt_template,
+            "mode": self.mode,
+        }
+
+    def generate(self, tasks: Sequence[Task], seed: int) -> Iterator[list[dict]]:
+        from eightfold.generation import generate
+
+        model, tokenizer = self._loaded()
+        texts = generate(
+            model,
+            tokenizer,
+            [t.prompt for t in tasks],
+            self.max_new_tokens,
+            do_sample=self.temperature > 0,
+            temperature=self.temperature or 1.0,
+            top_p=self.top_p,
+            num_samples=self.samples,
+            batch_size=len(tasks) * self.samples,
+            seed=seed,
+        )
+        for samples in texts:
+            yield [{"text": s} for s in samples]
+
+
+def _mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"data.teacher.mode={mode!r} is not valid: expected one of {', '.join(MODES)}")
+    return mode
+
+
+# -----------------------------------------------------------------------------
+# openai-compatible HTTP
+
+
+RETRY_STATUS = (408, 409, 425, 429, 500, 502, 503, 504)
+
+
+class OpenAITeacher:
+    """``POST {base_url}/chat/completions`` with bounded concurrency, retries and ordered output."""
+
+    name = "openai"
+    aligned = False
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "https://api.openai.com/v1",
+        api_key_env: str | None = "OPENAI_API_KEY",
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        samples: int = 1,
+        max_tokens: int = 1024,
+        prompt_template: str = "{question}",
+        system_prompt: str | None = None,
+        mode: str = "solve",
+        send_seed: bool = True,
+        concurrency: int = 8,
+        max_retries: int = 8,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        timeout_s: float = 120.0,
+        batch_size: int = 256,
+    ):
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"data.teacher.model={model!r} is not valid: expected a model name, e.g. gpt-4o-mini")
+        if not re.match(r"^https?://[^/@\s]+(/.*)?$", str(base_url)):
+            raise ValueError(
+                f"data.teacher.base_url={base_url!r} is not valid: expected http(s)://host[:port]/path"
+                " without credentials in it (the key goes in the environment variable named by api_key_env)"
+            )
+        self.model, self.base_url = model, base_url.rstrip("/")
+        # Only the variable's NAME is kept in the config; the key is read when the first request
+        # is made, so a run whose data is cached needs no key, and no config or log can hold it.
+        self.api_key_env = api_key_env or None
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.samples = _positive(samples, "samples")
+        self.max_tokens = _positive(max_tokens, "max_tokens")
+        self.prompt_template, self.system_prompt, self.mode = prompt_template, system_prompt, _mode(mode)
+        self.send_seed = bool(send_seed)
+        self.concurrency = _positive(concurrency, "concurrency")
+        self.max_retries = int(max_retries)
+        self.backoff_base_s, self.backoff_max_s = float(backoff_base_s), float(backoff_max_s)
+        self.timeout_s = float(timeout_s)
+        self.batch_size = _positive(batch_size, "batch_size")
+        self._pause_until = 0.0  # shared by all threads: a 429 slows every worker, not just one
+        self._pause_lock = threading.Lock()
+        self.stats = {"requests": 0, "retries": 0, "rate_limited": 0}
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAITeacher(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+
+    def key(self) -> dict:
+        # base_url is left out on purpose: the same model behind another proxy is the same teacher.
+        return {
+            "name": self.name,
+            "model": self.model,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "samples": self.samples,
+            "max_tokens": self.max_tokens,
+            "prompt_template": self.prompt_template,
+            "system_prompt": self.system_prompt,
+            "mode": self.mode,
+            "send_seed": self.send_seed,
+        }
+
+    def generate(self, tasks: Sequence[Task], seed: int) -> Iterator[list[dict]]:
+        """Results in task order; at most ``concurrency`` requests in flight. If a task fails after
+        its retries the error is raised once every earlier task has been yielded (and stored)."""
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="teacher")
+        pending: deque[Future] = deque()
+        todo = iter(tasks)
+        try:
+            for task in todo:
+                pending.append(pool.submit(self._samples, task, seed))
+                if len(pending) >= 2 * self.concurrency:  # keep workers busy behind a slow head
+                    break
+            while pending:
+                result = pending.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self._samples, nxt, seed))
+                yield result
+        finally:
+            # Also on an early close (the caller has enough): do not start paid requests nobody reads.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _samples(self, task: Task, seed: int) -> list[dict]:
+        out: list[dict] = []
+        attempt_seed = stable_int(seed, task.index)
+        while len(out) < self.samples:  # some endpoints ignore n>1: ask again for the rest
+            reply = self._post(self._body(task, self.samples - len(out), attempt_seed + len(out)), task.index)
+            choices = reply.get("choices") if isinstance(reply, dict) else None
+            if not isinstance(choices, list) or not choices:
+                raise TeacherError(f"task {task.index}: reply has no 'choices': {str(reply)[:200]!r}")
+            for choice in choices[: self.samples - len(out)]:
+                content = (choice.get("message") or {}).get("content") if isinstance(choice, dict) else None
+                out.append({"text": content if isinstance(content, str) else "", "finish_reason": choice.get("finish_reason")})
+        return out
+
+    def _body(self, task: Task, n: int, request_seed: int) -> dict:
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": task.prompt})
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "n": n,
+        }
+        if self.send_seed:
+            body["seed"] = request_seed % 2**31
+        return body
+
+    def _post(self, body: dict, index: int) -> dict:
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            headers["Authorization"] = f"Bearer {self._api_key()}"
+        rng = random.Random(f"backoff-{index}-{body.get('seed')}")  # seeded jitter, one stream per request
+        for attempt in range(self.max_retries + 1):
+            self._wait_pause()
+            self.stats["requests"] += 1
+            request = urllib.request.Request(f"{self.base_url}/chat/completions", data=data, headers=headers)
+            retry_after = None
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
+                    return json.loads(resp.read())
+            except urllib.error.HTTPError as err:
+                detail = err.read()[:200].decode("utf-8", "replace")
+                if err.code not in RETRY_STATUS:
+                    raise TeacherError(f"task {index}: HTTP {err.code} from {self.base_url}: {detail!r}") from None
+                retry_after = _retry_after(err.headers)
+                if err.code == 429:
+                    self.stats["rate_limited"] += 1
+                problem = f"HTTP {err.code}"
+            except (urllib.error.URLError, OSError, json.JSONDecodeError) as err:  # refused, reset, timeout, bad body
+                problem = f"{type(err).__name__}: {err}"
+            if attempt == self.max_retries:
+                raise TeacherError(f"task {index}: gave up after {attempt + 1} attempts, last error {problem}")
+            cap = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
+            delay = retry_after if retry_after is not None else cap / 2 + rng.uniform(0, cap / 2)
+            if retry_after is not None:
+                self._pause(delay)
+            self.stats["retries"] += 1
+            log.warning("task %d: %s, retry %d/%d in %.2fs", index, problem, attempt + 1, self.max_retries, delay)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _api_key(self) -> str:
+        key = os.environ.get(self.api_key_env or "")
+        if not key:
+            raise TeacherError(
+                f"environment variable {self.api_key_env} (data.teacher.api_key_env) is not set: export the"
+                " API key there, or set data.teacher.api_key_env=null for a server without auth (local vLLM)"
+            )
+        return key
+
+    def _pause(self, seconds: float) -> None:
+        with self._pause_lock:
+            self._pause_until = max(self._pause_until, time.monotonic() + seconds)
+
+    def _wait_pause(self) -> None:
+        while (left := self._pause_until - time.monotonic()) > 0:
+            time.sleep(min(left, 1.0))
+
+
+def _retry_after(headers) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` (OpenAI), ``Retry-After`` seconds or HTTP date."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+# -----------------------------------------------------------------------------
+# config -> teacher
+
+_VALID = {
+    "procedural": ("name", "error_rate", "spurious_rate", "spurious_kinds", "samples", "batch_size"),
+    "hf": (
+        "name", "model_path", "dtype", "device", "attn_implementation", "temperature", "top_p", "samples",
+        "max_new_tokens", "batch_size", "prompt_template", "mode",
+    ),
+    "openai": (
+        "name", "model", "base_url", "api_key_env", "temperature", "top_p", "samples", "max_tokens",
+        "prompt_template", "system_prompt", "mode", "send_seed", "concurrency", "max_retries",
+        "backoff_base_s", "backoff_max_s", "timeout_s", "batch_size",
+    ),
+}
+
+
+def check_config(cfg: dict) -> str:
+    """Validate a teacher config without building anything (no model load, no env lookup)."""
+    name = cfg.get("name")
+    if name not in NAMES:
+        raise ValueError(f"data.teacher.name={name!r} is not valid: expected one of {', '.join(NAMES)}")
+    _check_keys(cfg, _VALID[name], "data.teacher")
+    if "mode" in cfg:
+        _mode(cfg["mode"])
+    return name
+
+
+def make_teacher(cfg: dict) -> Teacher:
+    """Build the teacher of a ``data.teacher`` config (loads the model for hf)."""
+    name = check_config(cfg)
+    kwargs = {k: v for k, v in cfg.items() if k != "name"}
+    if name == "procedural":
+        return ProceduralTeacher(**kwargs)
+    if name == "hf":
+        return HFTeacher.from_config(kwargs)
+    return OpenAITeacher(**kwargs)
+
+
+def public_config(cfg: dict) -> dict:
+    """The config as it may be written to provenance/logs (it holds no secret by construction;
+    this drops anything that looks like one, as a second line of defence)."""
+    return {k: v for k, v in cfg.items() if not re.search(r"key$|token|secret|password", k) or k == "api_key_env"}

@@ -1,0 +1,193 @@
+"""objective=dpo: standard DPO against the frozen SFT model (paper §3.3, the control).
+
+Data (``prepare_data_for_run``, before the trainer exists): pi_sft's self-generated samples
+(``SftSource.samples``, shared with rft / step_dpo), the negatives selected by
+``select_negatives``, each paired with a correct sample of the same problem (``plain_dpo_pairs``).
+The policy starts from pi_sft's weights; pi_sft's reference log-probs are computed once and cached
+(``pairs.cached_reference_logps``); the frozen model is then dropped, training never calls it.
+
+Training budget: ``epochs`` passes over the pairs (default 2; cpu-testbed.md measured DPO
+collapse at ~26 epochs on a few hundred pairs). The module sets the trainer's step limit to
+``epochs * ceil(pairs / batch_size)`` at fit start; ``trainer.max_steps`` in the config keeps the
+SFT budget, so the SFT run this one starts from resolves to the same directory.
+
+Data plumbing: the datamodule's ``train_dataloader`` is pointed at this module's
+``preference_dataloader`` (Lightning asks the datamodule when one is passed to ``fit``), and
+the module owns the whole data path from there.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from eightfold.objectives.base import PolicyModule, token_logps
+from eightfold.objectives.losses import LOSS_TYPES, dpo_losses, nll_term
+from eightfold.objectives.pairs import (
+    PreferenceDataset,
+    PreferencePair,
+    cached_reference_logps,
+    collate_preference,
+    plain_dpo_pairs,
+    tokenize_pair,
+)
+
+log = logging.getLogger("eightfold")
+
+
+def falls_steadily(values: list[float], threshold: float, min_points: int = 5, fraction: float = 0.7) -> bool:
+    """True when ``values`` ended below ``-threshold`` and went down over most of the run: a
+    smoothed series (window of 3) decreased in at least ``fraction`` of its steps."""
+    if len(values) < min_points or values[-1] > -threshold:
+        return False
+    w = 3
+    smooth = [sum(values[max(0, i - w + 1) : i + 1]) / len(values[max(0, i - w + 1) : i + 1]) for i in range(len(values))]
+    downs = sum(b < a for a, b in zip(smooth, smooth[1:]))
+    return downs >= fraction * (len(smooth) - 1)
+
+
+class StepBudgetMixin:
+    """Sets the trainer's step limit from the objective's own budget when fit starts."""
+
+    total_steps: int | None = None
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.total_steps is not None:
+            self.trainer.fit_loop.epoch_loop.max_steps = int(self.total_steps)
+
+
+class DPOModule(StepBudgetMixin, PolicyModule):
+    name = "dpo"
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        lr: float = 3e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 2,
+        min_lr_ratio: float = 0.0,
+        beta: float = 0.1,
+        loss_type: str = "sigmoid",
+        label_smoothing: float = 0.0,
+        nll_weight: float = 0.0,
+        batch_size: int = 32,
+        epochs: float = 2,
+        max_steps: int | None = None,
+        ref_batch_size: int = 128,
+        collapse_threshold: float = 1.0,
+    ):
+        super().__init__(model, tokenizer, lr, weight_decay, betas, warmup_steps, min_lr_ratio)
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"objective.module.loss_type={loss_type!r} is not valid: expected one of {', '.join(LOSS_TYPES)}")
+        self.beta, self.loss_type, self.label_smoothing = float(beta), loss_type, float(label_smoothing)
+        self.nll_weight, self.batch_size, self.epochs = float(nll_weight), int(batch_size), float(epochs)
+        self.max_steps, self.ref_batch_size = max_steps, int(ref_batch_size)
+        self.collapse_threshold = float(collapse_threshold)
+        self.train_set: PreferenceDataset | None = None
+        self.run_stats: dict = {}
+        self.seed = 0
+        self._chosen_logratios: list[float] = []
+        self._last: dict[str, float] = {}
+        self._warned = False
+
+    # -- data ---------------------------------------------------------------
+    def build_pairs(self, source) -> tuple[list[PreferencePair], dict]:
+        """Standard DPO pairs: (correct self-sample, incorrect self-sample) of the same problem."""
+        negatives = source.negatives()
+        pairs, stats = plain_dpo_pairs(source.samples(), negatives, int(source.cfg.seed))
+        return pairs, {"negatives_used": len(negatives), **stats}
+
+    def prepare_data_for_run(self, cfg, datamodule, directory) -> None:
+        from eightfold.data.self_generated import SftSource, sample_stats
+
+        t0 = time.perf_counter()
+        self.seed = int(cfg.seed)
+        source = SftSource(cfg, datamodule)
+        self.model.load_state_dict(source.model.state_dict())  # policy := pi_sft (same object train.py evaluates)
+        samples = source.samples()
+        pairs, stats = self.build_pairs(source)
+        items = [tokenize_pair(self.tokenizer, p) for p in pairs]
+        ref, ref_stats = cached_reference_logps(
+            source.model, items, self.tokenizer.pad_token_id, source.cache, source.fingerprint, self.ref_batch_size
+        )
+        source.release()  # the frozen reference is not needed again: log-probs are in the dataset
+        self.train_set = PreferenceDataset(items, ref)
+        steps_per_epoch = math.ceil(len(items) / self.batch_size)
+        self.total_steps = self.max_steps if self.max_steps is not None else math.ceil(self.epochs * steps_per_epoch)
+        datamodule.train_dataloader = self.preference_dataloader
+        if not items:
+            log.warning("%s: no preference pairs could be built; the policy stays pi_sft", self.name)
+        self.run_stats = {
+            **sample_stats(samples), "sampling_time_s": samples.time_s, "samples_cached": samples.time_s is None,
+            **stats, "pairs": len(items), "objective_steps": self.total_steps, "epochs": self.epochs,
+            **ref_stats, "sft_run": source.dir.parent.name, "prepare_time_s": round(time.perf_counter() - t0, 3),
+        }
+        L.seed_everything(self.seed, workers=True, verbose=False)  # same RNG whether SFT ran in-process or not
+
+    def preference_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "prepare_data_for_run builds the pairs first"
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=len(self.train_set) > 0,  # no pairs: an empty loader, Lightning trains 0 steps
+            generator=torch.Generator().manual_seed(self.seed),
+            collate_fn=functools.partial(collate_preference, pad_id=self.tokenizer.pad_token_id),
+        )
+
+    # -- training ------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        tok, mask = token_logps(logits, batch["labels"])
+        seq, n_tok = tok.sum(-1), mask.sum(-1)
+        b = batch["ref_chosen_logps"].shape[0]
+        pc, pr = seq[:b], seq[b:]
+        ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+        losses, rc, rr = dpo_losses(
+            pc, pr, ref_c, ref_r, self.beta, self.loss_type, label_smoothing=self.label_smoothing,
+            chosen_tokens=n_tok[:b], rejected_tokens=n_tok[b:],
+        )
+        loss = losses.mean()
+        if self.nll_weight:
+            loss = loss + self.nll_weight * nll_term(tok[:b], mask[:b])
+        margin = (rc - rr).mean()
+        chosen_logratio = (pc.detach() - ref_c).mean()
+        metrics = {
+            "train/reward_margin": margin, "train/reward_accuracy": (rc > rr).float().mean(),
+            "train/chosen_logp": pc.detach().mean(), "train/rejected_logp": pr.detach().mean(),
+            "train/chosen_logratio": chosen_logratio,
+        }
+        self.log_dict(metrics, prog_bar=False, batch_size=b)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b)
+        self._last = {k.split("/")[1]: float(v) for k, v in metrics.items()} | {"loss": float(loss)}
+        self._chosen_logratios.append(float(chosen_logratio))
+        self._check_collapse()
+        return loss
+
+    def _check_collapse(self) -> None:
+        if not self._warned and falls_steadily(self._chosen_logratios, self.collapse_threshold):
+            self._warned = True
+            log.warning(
+                "%s: the chosen log-prob has fallen steadily (now %.2f nats below pi_sft per sequence after %d "
+                "steps): the collapse measured in cpu-testbed.md (both log-probs fall, greedy output degenerates). "
+                "Consider fewer epochs, a lower lr, or objective.module.nll_weight>0.",
+                self.name, self._chosen_logratios[-1], len(self._chosen_logratios),
+            )
+
+    def on_train_end(self) -> None:
+        lr = self._chosen_logratios
+        self.run_stats.update({
+            "final_reward_margin": self._last.get("reward_margin"),
+            "final_reward_accuracy": self._last.get("reward_accuracy"),
+            "final_chosen_logp": self._last.get("chosen_logp"),
+            "chosen_logratio_first": lr[0] if lr else None,
+            "chosen_logratio_final": lr[-1] if lr else None,
+            "collapse_warning": self._warned or falls_steadily(lr, self.collapse_threshold),
+        })

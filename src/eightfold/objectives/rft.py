@@ -1,0 +1,125 @@
+"""objective=rft: rejection fine-tuning on pi_sft's own verified-correct samples (paper §3.2).
+
+Data: k samples per training problem from pi_sft (``SftSource.samples``, shared with dpo /
+step_dpo), kept if ``verify.is_correct`` (``filter: strict`` additionally requires every step
+right, procedural only, not paper-faithful), de-duplicated per problem on their steps, at most
+``max_per_problem`` per problem. ``positives`` picks the training set:
+
+* ``teacher+self`` (default): the teacher's solutions + the kept samples that differ from them;
+* ``self``: the kept samples only (the paper's D+ of pi_sft);
+* ``teacher``: the teacher's solutions only, i.e. the matched control (same start, same steps).
+
+``init``: ``sft`` (default) continues from pi_sft for ``steps`` optimizer steps at the
+continuation lr (cpu-testbed-2's matched-control design); ``base`` retrains from the model as
+built by ``cfg.model`` (the paper's [M] recipe) for ``trainer.max_steps`` at ``base_lr``.
+The samples go through the datamodule's own SFT path (``datamodule.train_pairs`` is replaced),
+so batching, shuffling and the loss are exactly SFT's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning as L
+
+from eightfold.objectives.dpo import StepBudgetMixin
+from eightfold.objectives.sft import SFTModule
+from eightfold.verify import split_steps
+
+log = logging.getLogger("eightfold")
+
+INITS = ("sft", "base")
+POSITIVES = ("teacher+self", "self", "teacher")
+FILTERS = ("answer", "strict")
+
+
+def rft_positives(samples, max_per_problem: int | None, filter_: str = "answer") -> tuple[dict[int, list[str]], dict]:
+    """Unique verified-correct samples per problem (capped), and counts about them."""
+    if filter_ not in FILTERS:
+        raise ValueError(f"objective.filter={filter_!r} is not valid: expected one of {', '.join(FILTERS)}")
+    kept: dict[int, list[str]] = {}
+    dropped_cap = dropped_filter = 0
+    novel = spurious = 0
+    for p in sorted(samples.by_problem):
+        seen: set[tuple[str, ...]] = set()
+        for r in samples.by_problem[p]:
+            steps = tuple(split_steps(r["completion"]))
+            if not r["correct"] or steps in seen:
+                continue
+            seen.add(steps)
+            if filter_ == "strict" and r["first_wrong_step"] is not None:
+                dropped_filter += 1
+                continue
+            if max_per_problem is not None and len(kept.get(p, [])) >= max_per_problem:
+                dropped_cap += 1
+                continue
+            kept.setdefault(p, []).append("\n".join(steps))
+            novel += not r["teacher"]
+            spurious += r["first_wrong_step"] is not None
+    stats = {
+        "rft_kept": sum(len(v) for v in kept.values()),
+        "rft_kept_novel": novel,
+        "rft_kept_spurious": spurious if all(e.problem is not None for e in samples.examples) else None,
+        "rft_dropped_cap": dropped_cap,
+        "rft_dropped_filter": dropped_filter,
+    }
+    return kept, stats
+
+
+class RFTModule(StepBudgetMixin, SFTModule):
+    name = "rft"
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        lr: float = 3e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 10,
+        min_lr_ratio: float = 0.0,
+        base_lr: float = 3e-3,
+        base_warmup_steps: int = 50,
+    ):
+        super().__init__(model, tokenizer, lr, weight_decay, betas, warmup_steps, min_lr_ratio)
+        self.base_lr, self.base_warmup_steps = base_lr, base_warmup_steps
+        self.run_stats: dict = {}
+
+    def prepare_data_for_run(self, cfg, datamodule, directory) -> None:
+        from eightfold.data.self_generated import SftSource, sample_stats
+
+        t0 = time.perf_counter()
+        o = cfg.objective
+        if o.init not in INITS:
+            raise ValueError(f"objective.init={o.init!r} is not valid: expected one of {', '.join(INITS)}")
+        if o.positives not in POSITIVES:
+            raise ValueError(f"objective.positives={o.positives!r} is not valid: expected one of {', '.join(POSITIVES)}")
+        source = SftSource(cfg, datamodule)
+        if o.init == "sft":
+            self.model.load_state_dict(source.model.state_dict())
+            self.total_steps = int(o.steps)
+        else:  # retrain from the base model with the SFT recipe's lr schedule and budget
+            self.lr, self.warmup_steps = self.base_lr, self.base_warmup_steps
+            self.total_steps = None
+        samples = source.samples()
+        source.release()
+        kept, kstats = rft_positives(samples, o.get("max_per_problem"), o.get("filter", "answer"))
+        examples = samples.examples
+        teacher = [(e.prompt, e.solution) for e in datamodule.train_examples]
+        teacher_steps = {(e.prompt, tuple(split_steps(e.solution))) for e in datamodule.train_examples}
+        own = [
+            (examples[p].prompt, s) for p in sorted(kept) for s in kept[p]
+            if (examples[p].prompt, tuple(split_steps(s))) not in teacher_steps or o.positives == "self"
+        ]
+        pairs = {"teacher+self": teacher + own, "self": own, "teacher": teacher}[o.positives]
+        if not pairs:
+            raise RuntimeError("rft: no training pairs (no correct self-generated sample and positives=self)")
+        datamodule.train_pairs = lambda: pairs
+        self.run_stats = {
+            **sample_stats(samples), "sampling_time_s": samples.time_s, "samples_cached": samples.time_s is None,
+            **kstats, "rft_self_added": len(own) if o.positives != "teacher" else 0, "rft_train_pairs": len(pairs),
+            "init": o.init, "positives_used": o.positives, "objective_steps": self.total_steps,
+            "sft_run": source.dir.parent.name, "prepare_time_s": round(time.perf_counter() - t0, 3),
+        }
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)

@@ -1,0 +1,428 @@
+"""Monte Carlo step values, the first pit, and the rollout engine that computes them cheaply.
+
+Definitions (docs/objectives.md, "per-step DPO"; paper.md §3.4; objectives.md §2.4):
+
+* A negative y = (y_1 .. y_L) is split with ``verify.split_steps`` (the answer line is step L).
+  Prefix i = the prompt followed by the first i steps, i = 0..L. Prefix L is the whole (wrong)
+  solution: its value is its reward, 0, without any rollout.
+* q_i = fraction of M rollouts from prefix i (sampled from pi_sft at ``temperature``/``top_p``)
+  whose full solution is correct (``verify.is_correct``). The step value V_i is an estimator of
+  the value of prefix i under BoK(pi_sft): ``bok`` 1-(1-q_i)^K (PAV's identity), ``bok_any`` the
+  fraction of the M/K disjoint groups of K rollouts with at least one correct one (the paper's
+  "any of K" estimator when M = K), or ``mean`` q_i (the pi_sft value itself).
+* Step advantage A_i = V_i - V_{i-1} for step i = 1..L (0-based step index i-1).
+* First pit (0-based step index), rule ``first_zero`` (default; cpu-testbed-2, Self-Explore
+  arXiv 2404.10346): the step after which the value collapses, i.e. the first i >= 1 with
+  V_{i-1} > 0 and V_i = 0; step i-1 is the pit. Needs V_0 > 0 (a problem the policy can solve
+  at all). Alternatives: ``argmin_advantage`` (first step with the lowest A, paper §4 "the first
+  step with the lowest Q"), ``first_drop`` (first step with A <= -threshold).
+
+Cost and how it is cut:
+
+* early stop: prefixes of a negative are scored left to right and scoring stops at the first
+  dead prefix (0 of M correct): later prefixes are taken as dead too (V = 0), none is rolled out.
+  Every pit rule above is computed on these values.
+* identical prefixes (the bare prompt shared by all negatives of a problem, common first steps)
+  are rolled out once.
+* prefix reuse: the M rollouts of one prefix share it: one forward pass over the prefix fills
+  the KV cache, which is then expanded M times (``share_prefix=True``). ``share_prefix=False`` is
+  the naive path that feeds the prefix M times (what ``generate(num_return_sequences=M)`` does;
+  HF generate does no prefix sharing).
+* sampling noise is drawn per rollout from its own seeded stream (key = seed, prompt, prefix,
+  rollout index), by inverse-CDF sampling, so a rollout's tokens do not depend on batching,
+  ordering, deduplication or prefix sharing: the shared and naive paths give the same tokens
+  (tests/test_rollouts.py), up to float rounding of logits at a CDF boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from eightfold.generation import encode_prompt
+from eightfold.verify import is_correct, join_steps, split_steps
+
+log = logging.getLogger(__name__)
+
+VALUE_ESTIMATORS = ("bok", "bok_any", "mean")
+PIT_RULES = ("first_zero", "argmin_advantage", "first_drop")
+
+
+# -----------------------------------------------------------------------------
+# values, advantages, first pit: pure functions on numbers
+
+
+def step_value(n_correct: int, m: int, estimator: str = "bok", k: int = 5, correct_flags: Sequence[bool] | None = None) -> float:
+    """The value estimate of one prefix from ``n_correct`` successes out of ``m`` rollouts."""
+    if estimator not in VALUE_ESTIMATORS:
+        raise ValueError(f"value estimator {estimator!r} is not valid: expected one of {', '.join(VALUE_ESTIMATORS)}")
+    if m <= 0:
+        raise ValueError("a value needs at least one rollout")
+    q = n_correct / m
+    if estimator == "mean":
+        return q
+    if estimator == "bok":
+        return 1.0 - (1.0 - q) ** k
+    # bok_any: disjoint groups of k rollouts, success if any in the group is correct
+    if correct_flags is None:
+        raise ValueError("value estimator 'bok_any' needs the per-rollout correctness flags")
+    groups = len(correct_flags) // k
+    if groups == 0:
+        raise ValueError(f"value estimator 'bok_any' needs rollouts >= best_of_k ({len(correct_flags)} < {k})")
+    return sum(any(correct_flags[g * k : (g + 1) * k]) for g in range(groups)) / groups
+
+
+def advantages(values: Sequence[float]) -> list[float]:
+    """A_i = V_i - V_{i-1}: one per step (len(values) - 1 of them)."""
+    return [values[i] - values[i - 1] for i in range(1, len(values))]
+
+
+def first_pit(values: Sequence[float], rule: str = "first_zero", threshold: float = 0.0) -> int | None:
+    """0-based index of the pit step given prefix values V_0..V_L; None when there is no pit.
+
+    ``first_zero``: first i >= 1 with V_{i-1} > 0 and V_i == 0, pit = i - 1 (None if V_0 == 0).
+    ``argmin_advantage``: the first step with the lowest advantage, if that advantage < -threshold.
+    ``first_drop``: the first step whose advantage is <= -threshold (threshold > 0).
+    """
+    if rule not in PIT_RULES:
+        raise ValueError(f"pit rule {rule!r} is not valid: expected one of {', '.join(PIT_RULES)}")
+    if len(values) < 2:
+        return None
+    if rule == "first_zero":
+        if values[0] <= 0:
+            return None
+        for i in range(1, len(values)):
+            if values[i] <= 0:
+                return i - 1 if values[i - 1] > 0 else None
+        return None
+    adv = advantages(values)
+    if rule == "argmin_advantage":
+        low = min(adv)
+        return adv.index(low) if low < -threshold else None
+    if threshold <= 0:
+        raise ValueError("pit rule 'first_drop' needs a positive pit_threshold, e.g. 0.5")
+    for i, a in enumerate(adv):
+        if a <= -threshold:
+            return i
+    return None
+
+
+# -----------------------------------------------------------------------------
+# the sampler: batched KV-cache decoding with per-rollout noise and optional prefix sharing
+
+
+def rollout_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts (stable across processes, unlike ``hash``)."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _uniforms(seeds: Sequence[int], length: int) -> torch.Tensor:
+    out = torch.empty(len(seeds), length)
+    g = torch.Generator()
+    for r, s in enumerate(seeds):
+        g.manual_seed(s)
+        out[r] = torch.rand(length, generator=g)
+    return out
+
+
+def _choose(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """One token per row by inverse-CDF sampling with the row's own uniform ``u`` (greedy at T=0)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= top_p  # keep the tokens that reach top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+    cdf = probs.cumsum(-1)
+    target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def sample_continuations(
+    model: PreTrainedModel,
+    prefixes: Sequence[Sequence[int]],
+    num_samples: int,
+    max_new_tokens: int,
+    *,
+    eos_token_id: int,
+    pad_token_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seeds: Sequence[int] | None = None,
+    share_prefix: bool = True,
+    batch_size: int = 1024,
+) -> list[list[list[int]]]:
+    """``num_samples`` continuations (token ids, without EOS) of each prefix.
+
+    Rollout j of prefix p draws its noise from the stream ``rollout_seed(seeds[p], j)``; the
+    result does not depend on ``batch_size`` or ``share_prefix``. With ``share_prefix`` the
+    prefix is run once and its KV cache is repeated ``num_samples`` times.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    seeds = list(seeds) if seeds is not None else list(range(len(prefixes)))
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    per_chunk = max(1, batch_size // num_samples)
+    out: list[list[list[int]]] = []
+    try:
+        for start in range(0, len(prefixes), per_chunk):
+            chunk = prefixes[start : start + per_chunk]
+            chunk_seeds = seeds[start : start + per_chunk]
+            out += _decode_chunk(
+                model, chunk, chunk_seeds, num_samples, max_new_tokens, limit, eos_token_id, pad_token_id,
+                temperature, top_p, share_prefix, device,
+            )
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _cache_kwarg(model) -> str:
+    """transformers >= 5.2x names the KV cache ``cache``; older versions ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _decode_chunk(
+    model, prefixes, seeds, m, max_new_tokens, limit, eos_id, pad_id, temperature, top_p, share_prefix, device
+) -> list[list[list[int]]]:
+    lengths = torch.tensor([len(p) for p in prefixes], dtype=torch.long).repeat_interleave(m)
+    budgets = [max_new_tokens if limit is None else max(0, min(max_new_tokens, limit - len(p))) for p in prefixes]
+    budget = torch.tensor(budgets, dtype=torch.long).repeat_interleave(m)
+    rows = len(prefixes) * m
+    steps = max(budgets) if budgets else 0
+    results: list[list[int]] = [[] for _ in range(rows)]
+    if steps == 0:
+        return [results[i * m : (i + 1) * m] for i in range(len(prefixes))]
+    noise = _uniforms([rollout_seed(s, j) for s in seeds for j in range(m)], steps).to(device)
+
+    if share_prefix:
+        ids, mask = _left_pad(prefixes, pad_id, device)
+    else:
+        ids, mask = _left_pad([p for p in prefixes for _ in range(m)], pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache_arg = _cache_kwarg(model)
+    outputs = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    cache = getattr(outputs, cache_arg)
+    logits = outputs.logits[:, -1].float()
+    if share_prefix:  # one prefill per prefix, then M copies of its cache
+        cache.batch_repeat_interleave(m)
+        logits = logits.repeat_interleave(m, dim=0)
+        mask = mask.repeat_interleave(m, dim=0)
+
+    alive = torch.arange(rows)
+    lengths, budget = lengths.to(device), budget.to(device)
+    for t in range(steps):
+        tokens = _choose(logits, noise[alive, t], temperature, top_p)
+        done = (tokens == eos_id) | (budget[alive] <= t + 1)
+        for r, tok, d in zip(alive.tolist(), tokens.tolist(), done.tolist()):
+            if tok != eos_id and len(results[r]) < budgets[r // m]:
+                results[r].append(tok)
+        keep = (~done).nonzero().squeeze(-1)
+        if keep.numel() == 0:
+            break
+        if keep.numel() < alive.numel():
+            cache.batch_select_indices(keep)
+            mask, tokens = mask[keep], tokens[keep]
+            alive = alive[keep.cpu()]
+        mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
+        position = (lengths[alive] + t).unsqueeze(-1)
+        outputs = model(
+            input_ids=tokens.unsqueeze(-1), attention_mask=mask, position_ids=position, use_cache=True,
+            **{cache_arg: cache},
+        )
+        cache = getattr(outputs, cache_arg)
+        logits = outputs.logits[:, -1].float()
+    return [results[i * m : (i + 1) * m] for i in range(len(prefixes))]
+
+
+# -----------------------------------------------------------------------------
+# rollouts of negatives with early stop
+
+
+@dataclass
+class NegativeValues:
+    """What the rollouts of one negative produced (JSON-able through ``to_record``)."""
+
+    problem: int  # index of the problem in the example list
+    text: str  # the negative solution
+    steps: list[str]
+    counts: list[int] = field(default_factory=list)  # correct rollouts per scored prefix 0..len(counts)-1
+    flags: list[list[bool]] = field(default_factory=list)  # per scored prefix, per rollout
+    correct: list[list[str]] = field(default_factory=list)  # unique correct continuations per scored prefix
+    m: int = 0
+
+    def values(self, estimator: str = "bok", k: int = 5) -> list[float]:
+        """V_0..V_L: scored prefixes by ``step_value``, unscored ones (after a dead prefix) and
+        the terminal prefix L (the wrong solution itself) are 0."""
+        vals = [step_value(c, self.m, estimator, k, f) for c, f in zip(self.counts, self.flags)]
+        return vals + [0.0] * (len(self.steps) + 1 - len(vals))
+
+    def to_record(self) -> dict:
+        return {
+            "problem": self.problem, "text": self.text, "steps": self.steps, "counts": self.counts,
+            "flags": ["".join("1" if x else "0" for x in f) for f in self.flags], "correct": self.correct, "m": self.m,
+        }
+
+    @classmethod
+    def from_record(cls, r: dict) -> NegativeValues:
+        return cls(
+            r["problem"], r["text"], list(r["steps"]), list(r["counts"]),
+            [[c == "1" for c in f] for f in r["flags"]], [list(c) for c in r["correct"]], r["m"],
+        )
+
+
+def prefix_text(steps: Sequence[str], i: int) -> str:
+    """The solution text of prefix i (what follows the prompt): the first i steps and a newline."""
+    return join_steps(list(steps[:i])) + "\n" if i > 0 else ""
+
+
+@dataclass
+class RolloutStats:
+    rollouts: int = 0  # continuations generated
+    prefixes: int = 0  # distinct prefixes rolled out
+    naive_rollouts: int = 0  # what every prefix of every negative x M would have cost
+    rounds: int = 0
+    time_s: float = 0.0
+    tokens: int = 0  # generated tokens
+
+    def as_dict(self) -> dict:
+        return {
+            "rollouts": self.rollouts, "rollout_prefixes": self.prefixes, "rollouts_without_reuse": self.naive_rollouts,
+            "rollout_rounds": self.rounds, "rollout_time_s": round(self.time_s, 3), "rollout_tokens": self.tokens,
+            "rollouts_per_s": round(self.rollouts / self.time_s, 1) if self.time_s > 0 else None,
+        }
+
+
+def rollout_negatives(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    negatives: Sequence[tuple[int, str]],
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    kind: str,
+    *,
+    rollouts: int = 8,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    early_stop: bool = True,
+    share_prefix: bool = True,
+    batch_size: int = 1024,
+    keep_correct: int = 4,
+    backend: str = "hf",
+    model_dir: str | None = None,
+) -> tuple[list[NegativeValues], RolloutStats]:
+    """Score the step prefixes of each negative ``(problem index, solution text)`` by MC rollouts.
+
+    Prefixes are scored in rounds (round r = prefix r of every negative still alive); a prefix
+    that several negatives share is rolled out once per run.
+    """
+    if rollouts <= 0:
+        raise ValueError(f"rollouts={rollouts!r} is not valid: expected a positive integer, e.g. 8")
+    stats = RolloutStats()
+    t0 = time.perf_counter()
+    items = [NegativeValues(p, text, split_steps(text), m=rollouts) for p, text in negatives]
+    stats.naive_rollouts = sum(len(n.steps) for n in items) * rollouts
+    scored: dict[tuple[int, str], tuple[int, list[bool], list[str]]] = {}
+    alive = [n for n in items if len(n.steps) > 0]
+    prompt_ids: dict[int, list[int]] = {}
+    engine = _VllmEngine(model_dir, seed) if backend == "vllm" else None
+    if backend not in ("hf", "vllm"):
+        raise ValueError(f"rollout backend {backend!r} is not valid: expected 'hf' or 'vllm'")
+    while alive:
+        stats.rounds += 1
+        need: dict[tuple[int, str], None] = {}
+        for n in alive:
+            key = (n.problem, prefix_text(n.steps, len(n.counts)))
+            if key not in scored:
+                need[key] = None
+        keys = list(need)
+        if keys:
+            for p, _ in keys:
+                if p not in prompt_ids:
+                    prompt_ids[p] = encode_prompt(tokenizer, prompts[p])
+            ids = [prompt_ids[p] + tokenizer(text, add_special_tokens=False)["input_ids"] for p, text in keys]
+            seeds = [rollout_seed(seed, prompts[p], text) for p, text in keys]
+            if engine is not None:
+                conts = engine.sample(ids, rollouts, max_new_tokens, temperature, top_p, seeds)
+            else:
+                conts = sample_continuations(
+                    model, ids, rollouts, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id, temperature=temperature, top_p=top_p, seeds=seeds,
+                    share_prefix=share_prefix, batch_size=batch_size,
+                )
+            for (p, text), samples in zip(keys, conts):
+                texts = tokenizer.batch_decode(samples, skip_special_tokens=True) if samples else []
+                flags = [is_correct(text + c, answers[p], kind) for c in texts]
+                unique = list(dict.fromkeys(c for c, f in zip(texts, flags) if f))[:keep_correct]
+                scored[(p, text)] = (sum(flags), flags, unique)
+                stats.rollouts += len(samples)
+                stats.tokens += sum(len(s) for s in samples)
+            stats.prefixes += len(keys)
+        still = []
+        for n in alive:
+            count, flags, unique = scored[(n.problem, prefix_text(n.steps, len(n.counts)))]
+            n.counts.append(count)
+            n.flags.append(flags)
+            n.correct.append(unique)
+            dead = count == 0 and early_stop
+            if not dead and len(n.counts) < len(n.steps):
+                still.append(n)
+        alive = still
+    stats.time_s = time.perf_counter() - t0
+    return items, stats
+
+
+class _VllmEngine:
+    """Optional rollout backend: vLLM with automatic prefix caching (GPU machines with vllm).
+
+    Prefix sharing is vLLM's (``n=M`` shares the prompt's KV blocks, APC reuses earlier
+    prefixes); the noise is vLLM's per-request seed, so values match the HF path in
+    distribution, not token for token.
+    """
+
+    def __init__(self, model_dir: str | None, seed: int):
+        try:
+            from vllm import LLM  # noqa: F401
+        except ImportError as err:  # pragma: no cover - depends on the machine
+            raise RuntimeError("objective.rollout_backend=vllm needs the vllm package; use rollout_backend=hf") from err
+        if model_dir is None:
+            raise ValueError("the vllm rollout backend needs the SFT model directory")
+        from vllm import LLM
+
+        self.llm = LLM(model=model_dir, enable_prefix_caching=True, seed=seed)
+
+    def sample(self, ids, m, max_new_tokens, temperature, top_p, seeds):  # pragma: no cover - needs vllm
+        from vllm import SamplingParams
+
+        requests = [{"prompt_token_ids": list(x)} for x in ids]
+        params = [
+            SamplingParams(n=m, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=s % (2**31))
+            for s in seeds
+        ]
+        outs = self.llm.generate(requests, params, use_tqdm=False)
+        return [[list(c.token_ids) for c in o.outputs] for o in outs]
+
