@@ -31,7 +31,11 @@ def test_second_call_returns_same_bytes_without_building(tmp_path: Path):
     second = cache.load_or_build(tmp_path, "teacher", key, lambda: pytest.fail("built twice"))
     assert first == second and len(calls) == 1
     assert entry.path.read_bytes() == raw
-    assert first[0] == {"i": 0, "text": "step 0\u2028x", "tuple": [0, 1]}  # what any reader gets back
+    assert first[0] == {
+        "i": 0,
+        "text": "step 0\u2028x",
+        "tuple": [0, 1],
+    }  # what any reader gets back
     meta = cache.read_meta(tmp_path, "teacher", key)
     assert meta["hash"] == cache.key_hash(key) == entry.path.stem
     assert meta["key"] == key and meta["count"] == 5 and meta["complete"]
@@ -55,7 +59,9 @@ def test_failed_build_publishes_nothing(tmp_path: Path):
     with pytest.raises(RuntimeError, match="teacher died"):
         cache.load_or_build(tmp_path, "ns", {"k": 1}, bad)
     assert not cache.entry(tmp_path, "ns", {"k": 1}).path.exists()
-    assert cache.load_or_build(tmp_path, "ns", {"k": 1}, lambda: _records(2)) == json.loads(json.dumps(_records(2)))
+    assert cache.load_or_build(tmp_path, "ns", {"k": 1}, lambda: _records(2)) == json.loads(
+        json.dumps(_records(2))
+    )
 
 
 _WORKER = textwrap.dedent(
@@ -89,7 +95,14 @@ _WORKER = textwrap.dedent(
 
 def _spawn(tmp_path: Path, mode: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", _WORKER, str(tmp_path / "cache"), str(tmp_path / "builds.txt"), mode],
+        [
+            sys.executable,
+            "-c",
+            _WORKER,
+            str(tmp_path / "cache"),
+            str(tmp_path / "builds.txt"),
+            mode,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -111,7 +124,9 @@ def test_killed_generation_resumes_from_its_records(tmp_path: Path):
     assert proc.returncode == -9
     e = cache.entry(tmp_path / "cache", "ns", {"dataset": "stream"})
     assert not e.path.exists()  # the final file appears only when complete
-    assert [json.loads(x) for x in e.partial_path.read_text().splitlines()] == [{"i": i} for i in range(5)]
+    assert [json.loads(x) for x in e.partial_path.read_text().splitlines()] == [
+        {"i": i} for i in range(5)
+    ]
     with open(e.partial_path, "ab") as f:
         f.write(b'{"i": 5, "half a reco')  # a torn last line, as a kill mid-write leaves
 
@@ -124,7 +139,10 @@ def test_killed_generation_resumes_from_its_records(tmp_path: Path):
     out = cache.load_resumable(tmp_path / "cache", "ns", {"dataset": "stream"}, build_from)
     assert starts == [5]  # the 5 records already written were kept, not regenerated
     assert out == [{"i": i} for i in range(10)]
-    assert not e.partial_path.exists() and cache.read_meta(tmp_path / "cache", "ns", {"dataset": "stream"})["complete"]
+    assert (
+        not e.partial_path.exists()
+        and cache.read_meta(tmp_path / "cache", "ns", {"dataset": "stream"})["complete"]
+    )
 
 
 def test_prefix_grows_one_stream(tmp_path: Path):
@@ -141,5 +159,9 @@ def test_prefix_grows_one_stream(tmp_path: Path):
     assert cache.load_prefix(tmp_path, "ns", key, 3, build_from) == small[:3] and starts == [0, 4]
     everything = cache.load_prefix(tmp_path, "ns", key, 50, build_from)  # asks past the end
     assert len(everything) == 12 and starts == [0, 4, 8]
-    assert cache.load_prefix(tmp_path, "ns", key, 50, build_from) == everything and starts == [0, 4, 8]
+    assert cache.load_prefix(tmp_path, "ns", key, 50, build_from) == everything and starts == [
+        0,
+        4,
+        8,
+    ]
     assert cache.read_meta(tmp_path, "ns", key)["complete"]

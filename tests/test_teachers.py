@@ -27,7 +27,6 @@ from eightfold.data.synthetic import STREAM_NS, synthetic_dataset
 from eightfold.data.teachers import (
     ANSWER_FORMATS,
     HFTeacher,
-    OpenAITeacher,
     ProceduralTeacher,
     Task,
     TeacherError,
@@ -52,14 +51,19 @@ def test_procedural_teacher_injects_known_errors():
     tasks = [Task(i, p.prompt, p.prompt, p) for i, p in enumerate(problems)]
     samples = [s[0] for s in teacher.generate(tasks, seed=5)]
     kinds = Counter(s["injected"].split(":")[0] for s in samples)
-    assert all(abs(kinds[k] / 400 - rate) < 0.08 for k, rate in [("clean", 0.5), ("wrong", 0.25), ("spurious", 0.25)])
+    assert all(
+        abs(kinds[k] / 400 - rate) < 0.08
+        for k, rate in [("clean", 0.5), ("wrong", 0.25), ("spurious", 0.25)]
+    )
     assert {s["injected"] for s in samples} >= {"spurious:wrong_value", "spurious:extra_step"}
     for p, s in zip(problems, samples, strict=True):
         right = is_correct(s["text"], str(p.answer), "procedural")
         fws = first_wrong_step(p, s["text"])
         assert right == (s["injected"] != "wrong")  # a wrong step always reaches a wrong answer
         assert fws == s["injected_step"]  # the exact first wrong step is the injected one
-        assert len(split_steps(s["text"])) == len(split_steps(p.solution())) + (s["injected"] == "spurious:extra_step")
+        assert len(split_steps(s["text"])) == len(split_steps(p.solution())) + (
+            s["injected"] == "spurious:extra_step"
+        )
 
 
 def test_procedural_teacher_is_per_problem_deterministic():
@@ -67,7 +71,9 @@ def test_procedural_teacher_is_per_problem_deterministic():
     teacher = ProceduralTeacher(error_rate=0.3, spurious_rate=0.3)
     tasks = [Task(i, p.prompt, p.prompt, p) for i, p in enumerate(problems)]
     whole = list(teacher.generate(tasks, seed=1))
-    assert list(teacher.generate(tasks[7:], seed=1)) == whole[7:]  # a resumed stream is the same stream
+    assert (
+        list(teacher.generate(tasks[7:], seed=1)) == whole[7:]
+    )  # a resumed stream is the same stream
     clean = [s[0]["text"] for s in ProceduralTeacher().generate(tasks, seed=1)]
     assert clean == [p.solution(random.Random(f"teacher-1-{i}")) for i, p in enumerate(problems)]
 
@@ -77,12 +83,18 @@ def test_procedural_teacher_is_per_problem_deterministic():
     [
         ({"name": "procedural", "error_rate": 0.7, "spurious_rate": 0.5}, "sum must be <= 1"),
         ({"name": "procedural", "error_rate": 2}, "error_rate=2 is not valid"),
-        ({"name": "procedural", "spurious_kinds": ["typo"]}, "spurious_kinds=['typo'] is not valid"),
+        (
+            {"name": "procedural", "spurious_kinds": ["typo"]},
+            "spurious_kinds=['typo'] is not valid",
+        ),
         ({"name": "procedural", "temperature": 1}, "unknown keys ['temperature']"),
         ({"name": "gpt"}, "data.teacher.name='gpt' is not valid"),
         ({"name": "openai", "model": "m", "api_key": "sk-x"}, "api_key is not allowed"),
         ({"name": "hf", "model_path": "/nonexistent"}, "model_path='/nonexistent' is not valid"),
-        ({"name": "openai", "model": "m", "base_url": "https://u:p@host/v1"}, "without credentials"),
+        (
+            {"name": "openai", "model": "m", "base_url": "https://u:p@host/v1"},
+            "without credentials",
+        ),
     ],
 )
 def test_bad_teacher_configs_name_the_value(cfg, message):
@@ -125,7 +137,15 @@ def answers_three():
 
 def test_hf_teacher_samples_batched_and_seeded(answers_three):
     model, tok = answers_three
-    teacher = HFTeacher(model, tok, fingerprint_model(model), temperature=1.0, samples=3, max_new_tokens=8, batch_size=4)
+    teacher = HFTeacher(
+        model,
+        tok,
+        fingerprint_model(model),
+        temperature=1.0,
+        samples=3,
+        max_new_tokens=8,
+        batch_size=4,
+    )
     problems = generate_problems(6, 2, chains=2, steps=1, modulus=7)
     tasks = [Task(i, p.prompt, p.prompt, p) for i, p in enumerate(problems)]
     out = list(teacher.generate(tasks, seed=11))
@@ -140,16 +160,29 @@ def test_hf_teacher_builds_a_valid_dataset(answers_three, tmp_path):
     cfg = {"name": "hf", "temperature": 0.0, "max_new_tokens": 8, "batch_size": 4}
 
     def factory():
-        return HFTeacher(model, tok, fingerprint_model(model), **{k: v for k, v in cfg.items() if k != "name"})
+        return HFTeacher(
+            model, tok, fingerprint_model(model), **{k: v for k, v in cfg.items() if k != "name"}
+        )
 
     task = {"chains": 2, "steps": 1, "modulus": 7}
-    common = dict(kind="procedural", seed=0, teacher=cfg, task=task, cache_dir=str(tmp_path), teacher_factory=factory)
-    noisy, info = synthetic_dataset(size=10, label="teacher", **common)  # the teacher's answer is the label
+    common = dict(
+        kind="procedural",
+        seed=0,
+        teacher=cfg,
+        task=task,
+        cache_dir=str(tmp_path),
+        teacher_factory=factory,
+    )
+    noisy, info = synthetic_dataset(
+        size=10, label="teacher", **common
+    )  # the teacher's answer is the label
     assert len(noisy) == 10 and all(r["answer"] == "3" and r["solution"] == "#3" for r in noisy)
     assert info["label_noise"] > 0.5  # most problems' true answer is not 3: measured, not hidden
     clean, info = synthetic_dataset(size=3, label="reference", **common)  # verified positives only
     assert [r["reference"] for r in clean] == ["3"] * 3 and info["problems_read"] > 3
-    assert all(r["verdict"] == "spurious" and r["first_wrong_step"] == 0 for r in clean)  # right answer, no steps
+    assert all(
+        r["verdict"] == "spurious" and r["first_wrong_step"] == 0 for r in clean
+    )  # right answer, no steps
 
 
 # -----------------------------------------------------------------------------
@@ -176,20 +209,36 @@ class FakeChatAPI:
                 prompt = body["messages"][-1]["content"]
                 with api.lock:
                     n = sum(r["prompt"] == prompt for r in api.requests)
-                    api.requests.append({"prompt": prompt, "auth": self.headers.get("Authorization"), "body": body})
+                    api.requests.append(
+                        {"prompt": prompt, "auth": self.headers.get("Authorization"), "body": body}
+                    )
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": "no such route"})
                 if api.key and self.headers.get("Authorization") != f"Bearer {api.key}":
                     return self._send(401, {"error": {"message": "invalid api key"}})
                 failure = api.fail(prompt, n)
                 if failure:
-                    return self._send(failure[0], {"error": {"message": "scripted failure"}}, failure[1])
+                    return self._send(
+                        failure[0], {"error": {"message": "scripted failure"}}, failure[1]
+                    )
                 time.sleep(random.random() * 0.01)  # finish out of order
                 choices = [
-                    {"index": i, "message": {"role": "assistant", "content": api.reply(prompt)}, "finish_reason": "stop"}
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": api.reply(prompt)},
+                        "finish_reason": "stop",
+                    }
                     for i in range(body.get("n", 1))
                 ]
-                self._send(200, {"id": "x", "object": "chat.completion", "model": body["model"], "choices": choices})
+                self._send(
+                    200,
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": choices,
+                    },
+                )
 
             def _send(self, status, obj, headers=None):
                 data = json.dumps(obj).encode()
@@ -206,7 +255,9 @@ class FakeChatAPI:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        ).start()
 
     def close(self):
         self.server.shutdown()
@@ -228,9 +279,18 @@ def api(monkeypatch):
 
 def _openai_cfg(api: FakeChatAPI, **kw) -> dict:
     return {
-        "name": "openai", "model": "fake-gpt", "base_url": api.url, "api_key_env": "EIGHTFOLD_TEST_KEY",
-        "mode": "solve", "prompt_template": "{question}", "concurrency": 3, "max_retries": 3,
-        "backoff_base_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 10.0, **kw,
+        "name": "openai",
+        "model": "fake-gpt",
+        "base_url": api.url,
+        "api_key_env": "EIGHTFOLD_TEST_KEY",
+        "mode": "solve",
+        "prompt_template": "{question}",
+        "concurrency": 3,
+        "max_retries": 3,
+        "backoff_base_s": 0.01,
+        "backoff_max_s": 0.05,
+        "timeout_s": 10.0,
+        **kw,
     }
 
 
@@ -240,11 +300,20 @@ def test_openai_teacher_ordered_concurrent_and_keeps_key_secret(api, caplog):
     tasks = [Task(i, s.question, s.question) for i, s in enumerate(seeds)]
     with caplog.at_level(logging.DEBUG):
         out = list(teacher.generate(tasks, seed=0))
-    assert [o[0]["text"] for o in out] == [s.solution for s in seeds]  # in task order despite concurrency
+    assert [o[0]["text"] for o in out] == [
+        s.solution for s in seeds
+    ]  # in task order despite concurrency
     assert all(len(o) == 2 for o in out)
     assert {r["auth"] for r in api.requests} == {"Bearer sk-test-secret"}
-    assert len({r["body"]["seed"] for r in api.requests}) == 6  # one seed per task, derived from its index
-    secret_free = repr(teacher) + json.dumps(teacher.key()) + json.dumps(public_config(_openai_cfg(api))) + caplog.text
+    assert (
+        len({r["body"]["seed"] for r in api.requests}) == 6
+    )  # one seed per task, derived from its index
+    secret_free = (
+        repr(teacher)
+        + json.dumps(teacher.key())
+        + json.dumps(public_config(_openai_cfg(api)))
+        + caplog.text
+    )
     assert "sk-test-secret" not in secret_free
 
 
@@ -276,7 +345,9 @@ def test_openai_teacher_gives_up_with_a_clear_error(api, monkeypatch):
 def test_retry_after_forms():
     assert _retry_after({"Retry-After": "2"}) == 2.0
     assert _retry_after({"retry-after-ms": "250"}) == 0.25
-    assert _retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # a date in the past
+    assert (
+        _retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    )  # a date in the past
     assert _retry_after({}) is None
 
 
@@ -286,8 +357,14 @@ def test_openai_generation_survives_a_crash_and_resumes(api, tmp_path):
     order = [r["question"] for r in _stream_order(tmp_path)]
     dying = set(order[3:])
     api.fail = lambda prompt, n: (400, {}) if prompt in dying else None
-    kwargs = dict(kind="gsm8k", size=6, seed=0, teacher=_openai_cfg(api, concurrency=1),
-                  train_file=str(DATA / "gsm8k_train.jsonl"), cache_dir=str(tmp_path / "cache"))
+    kwargs = dict(
+        kind="gsm8k",
+        size=6,
+        seed=0,
+        teacher=_openai_cfg(api, concurrency=1),
+        train_file=str(DATA / "gsm8k_train.jsonl"),
+        cache_dir=str(tmp_path / "cache"),
+    )
     with pytest.raises(TeacherError):
         synthetic_dataset(**kwargs)
     entry = next((tmp_path / "cache" / STREAM_NS).glob("*.partial.jsonl"))
@@ -297,7 +374,9 @@ def test_openai_generation_survives_a_crash_and_resumes(api, tmp_path):
     api.fail = lambda prompt, n: None
     before = len(api.requests)
     records, info = synthetic_dataset(**kwargs)
-    assert sorted(r["prompt"] for r in api.requests[before:]) == sorted(order[3:])  # only the missing ones
+    assert sorted(r["prompt"] for r in api.requests[before:]) == sorted(
+        order[3:]
+    )  # only the missing ones
     assert [r["question"] for r in records] == order and info["example_verdicts"] == {"correct": 6}
     assert {r["solution"] for r in records} == {s.solution for s in seeds}
     meta = json.loads(next((tmp_path / "cache" / STREAM_NS).glob("*.meta.json")).read_text())
@@ -315,10 +394,21 @@ def _stream_order(tmp_path: Path) -> list[dict]:
 
 def test_openai_rewrite_mode_makes_new_problems(api, tmp_path):
     api.reply = lambda prompt: "Problem: **A new one.** What is 2+2?\nSolution: 2 + 2 = 4.\n#### 4"
-    cfg = _openai_cfg(api, mode="rewrite", prompt_template="Seed: {question}\n{solution}\n{answer_format}")
-    records, info = synthetic_dataset(kind="gsm8k", size=9, seed=0, teacher=cfg, label="teacher",
-                                      train_file=str(DATA / "gsm8k_train.jsonl"), cache_dir=str(tmp_path))
+    cfg = _openai_cfg(
+        api, mode="rewrite", prompt_template="Seed: {question}\n{solution}\n{answer_format}"
+    )
+    records, info = synthetic_dataset(
+        kind="gsm8k",
+        size=9,
+        seed=0,
+        teacher=cfg,
+        label="teacher",
+        train_file=str(DATA / "gsm8k_train.jsonl"),
+        cache_dir=str(tmp_path),
+    )
     assert len(records) == 9 and info["problems_read"] == 9  # 6 seeds, cycled
     assert records[0]["question"] == "A new one. What is 2+2?" and records[0]["answer"] == "4"
     prompt = api.requests[0]["prompt"]
-    assert ANSWER_FORMATS["gsm8k"] in prompt and any(s in prompt for s in GSM.values())  # seed solution shown
+    assert ANSWER_FORMATS["gsm8k"] in prompt and any(
+        s in prompt for s in GSM.values()
+    )  # seed solution shown

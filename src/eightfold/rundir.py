@@ -32,6 +32,14 @@ HASH_EXCLUDE = (
     "trainer.log_every_n_steps",
     "checkpoint_every_n_steps",
     "save_model",
+    # how a teacher is reached, never what it writes (the cache ignores these too)
+    "data.teacher.concurrency",
+    "data.teacher.max_retries",
+    "data.teacher.backoff_base_s",
+    "data.teacher.backoff_max_s",
+    "data.teacher.timeout_s",
+    "data.teacher.device",
+    "data.teacher.base_url",
 )
 
 RESULT = "result.json"

@@ -48,7 +48,7 @@ from typing import Any
 
 import yaml
 
-SPEC_KEYS = {"description", "overrides", "grid", "slurm"}
+SPEC_KEYS = {"description", "overrides", "variants", "grid", "slurm"}
 LAUNCHERS = ("local", "slurm")
 
 # statuses of a run, in the order the summary lists them
@@ -134,6 +134,9 @@ class SweepSpec:
     path: Path
     description: str = ""
     overrides: list[str] = field(default_factory=list)  # fixed, Hydra syntax
+    variants: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # name -> overrides, crossed with the grid
     grid: dict[str, list[str]] = field(default_factory=dict)  # key -> values, Hydra syntax
     slurm: dict[str, Any] = field(default_factory=dict)  # hydra.launcher.<key> -> value
 
@@ -144,11 +147,19 @@ class SweepSpec:
                 raise SweepError(f"{arg!r} is not an override: expected KEY=VALUE (or KEY=A,B,C)")
             key, value = arg.split("=", 1)
             values = split_top_level(value)
-            if not is_hydra_override(arg) and not key.startswith(("+", "~")) and (key in self.grid or len(values) > 1):
+            if (
+                not is_hydra_override(arg)
+                and not key.startswith(("+", "~"))
+                and (key in self.grid or len(values) > 1)
+            ):
                 self.grid[key] = values
             else:
                 self.overrides = [o for o in self.overrides if override_key(o) != override_key(arg)]
                 self.overrides.append(arg)
+                for name, variant in self.variants.items():  # the command line wins
+                    self.variants[name] = [
+                        o for o in variant if override_key(o) != override_key(arg)
+                    ]
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
@@ -167,8 +178,12 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if unknown:
         raise SweepError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
     overrides = raw.get("overrides") or []
-    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
-        raise SweepError(f"{path}: 'overrides' must be a list of KEY=VALUE strings, e.g. [experiment=smoke]")
+    if not isinstance(overrides, list) or not all(
+        isinstance(o, str) and "=" in o for o in overrides
+    ):
+        raise SweepError(
+            f"{path}: 'overrides' must be a list of KEY=VALUE strings, e.g. [experiment=smoke]"
+        )
     grid_raw = raw.get("grid") or {}
     if not isinstance(grid_raw, dict):
         raise SweepError(f"{path}: 'grid' must map override keys to lists of values")
@@ -179,14 +194,36 @@ def load_sweep(path: str | Path) -> SweepSpec:
         if str(key).startswith("hydra"):
             raise SweepError(f"{path}: grid.{key}: hydra settings cannot vary within a sweep")
         grid[str(key)] = [hydra_value(v) for v in values]
+    variants_raw = raw.get("variants") or {}
+    if not isinstance(variants_raw, dict):
+        raise SweepError(
+            f"{path}: 'variants' must map names to override lists, e.g. teacher: [objective=sft]"
+        )
+    variants: dict[str, list[str]] = {}
+    for name, body in variants_raw.items():
+        if isinstance(body, dict):
+            body = [f"{k}={hydra_value(v)}" for k, v in body.items()]
+        if not isinstance(body, list) or not all(isinstance(o, str) and "=" in o for o in body):
+            raise SweepError(
+                f"{path}: variants.{name} must be a list of KEY=VALUE strings (or a mapping)"
+            )
+        clash = {override_key(o) for o in body} & set(grid)
+        if clash:
+            raise SweepError(
+                f"{path}: variants.{name} sets {sorted(clash)}, which the grid also sweeps"
+            )
+        variants[str(name)] = list(body)
     slurm = raw.get("slurm") or {}
     if not isinstance(slurm, dict):
-        raise SweepError(f"{path}: 'slurm' must map hydra.launcher keys to values, e.g. {{timeout_min: 60}}")
+        raise SweepError(
+            f"{path}: 'slurm' must map hydra.launcher keys to values, e.g. {{timeout_min: 60}}"
+        )
     return SweepSpec(
         name=path.stem,
         path=path,
         description=str(raw.get("description") or "").strip(),
         overrides=list(overrides),
+        variants=variants,
         grid=grid,
         slurm=dict(slurm),
     )
@@ -197,6 +234,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
 class Run:
     index: int
     values: dict[str, str]  # grid key -> value (Hydra syntax)
+    variant: str = ""
+    variant_overrides: list[str] = field(default_factory=list)
     status: str = PENDING
     name: str = ""
     run_dir: Path | None = None
@@ -207,13 +246,18 @@ class Run:
 
     @property
     def overrides(self) -> list[str]:
-        return [f"{k}={v}" for k, v in self.values.items()]
+        return [*self.variant_overrides, *(f"{k}={v}" for k, v in self.values.items())]
 
 
 def expand(spec: SweepSpec) -> list[Run]:
+    """Every run of the sweep: each variant (if any) crossed with the grid."""
     keys = list(spec.grid)
-    combos = itertools.product(*(spec.grid[k] for k in keys)) if keys else [()]
-    return [Run(i, dict(zip(keys, combo))) for i, combo in enumerate(combos)]
+    variants = list(spec.variants.items()) or [("", [])]
+    runs = []
+    for name, variant in variants:
+        for combo in itertools.product(*(spec.grid[k] for k in keys)):
+            runs.append(Run(len(runs), dict(zip(keys, combo)), name, list(variant)))
+    return runs
 
 
 def _status_of(directory: Path) -> tuple[str, str]:
@@ -260,7 +304,9 @@ def inspect_runs(spec: SweepSpec, runs: list[Run], root: Path) -> None:
             run.status, run.error = _status_of(run.run_dir)
 
 
-def cartesian_blocks(runs: list[Run], keys: list[str]) -> list[tuple[dict[str, list[str]], list[Run]]]:
+def cartesian_blocks(
+    runs: list[Run], keys: list[str]
+) -> list[tuple[dict[str, list[str]], list[Run]]]:
     """Cover exactly ``runs`` with cartesian blocks: one Hydra multirun (job array) each.
 
     A fresh sweep is one block (the whole grid); after a partial failure the unfinished runs are
@@ -301,7 +347,9 @@ def launcher_overrides(spec: SweepSpec, launcher: str, runs: list[Run]) -> list[
     out = ["hydra/launcher=slurm"]
     out += [f"hydra.launcher.{k}={hydra_value(v)}" for k, v in spec.slurm.items()]
     user_set = set(spec.slurm) | {
-        override_key(o).removeprefix("hydra.launcher.") for o in spec.overrides if is_hydra_override(o)
+        override_key(o).removeprefix("hydra.launcher.")
+        for o in spec.overrides
+        if is_hydra_override(o)
     }
     # conf/hydra/launcher/slurm.yaml asks for trainer.devices GPUs; CPU runs need none
     if "gpus_per_node" not in user_set and runs and all(r.accelerator == "cpu" for r in runs):
@@ -310,9 +358,16 @@ def launcher_overrides(spec: SweepSpec, launcher: str, runs: list[Run]) -> list[
 
 
 def build_command(
-    spec: SweepSpec, axes: dict[str, list[str]], root: Path, sweep_dir: Path, launcher: str, runs: list[Run]
+    spec: SweepSpec,
+    axes: dict[str, list[str]],
+    root: Path,
+    sweep_dir: Path,
+    launcher: str,
+    runs: list[Run],
 ) -> list[str]:
-    fixed = [o for o in spec.overrides if not is_hydra_override(o)]
+    fixed = [o for o in spec.overrides if not is_hydra_override(o)] + (
+        runs[0].variant_overrides if runs else []
+    )
     hydra_fixed = [o for o in spec.overrides if is_hydra_override(o)]
     return [
         sys.executable,
@@ -368,7 +423,10 @@ def _wait_for_queue(job_ids: list[str], poll_s: float = 2.0) -> None:
     told = False
     while True:
         proc = subprocess.run(
-            ["squeue", "-h", "-o", "%i", "-j", ",".join(arrays)], capture_output=True, text=True, check=False
+            ["squeue", "-h", "-o", "%i", "-j", ",".join(arrays)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         left = [line for line in proc.stdout.split() if line.strip()]
         if proc.returncode != 0 or not left:
@@ -385,12 +443,19 @@ def _err(msg: str) -> None:
 
 
 def print_table(runs: list[Run], title: str) -> None:
-    counts = {s: sum(r.status == s for r in runs) for s in (FINISHED, FAILED, PARTIAL, PENDING, INVALID)}
+    counts = {
+        s: sum(r.status == s for r in runs) for s in (FINISHED, FAILED, PARTIAL, PENDING, INVALID)
+    }
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     print(f"{title}: {len(runs)} run(s): {summary}")
     for r in runs:
         line = f"  [{r.index:>3}] {r.status:<8} {r.name}"
-        extra = " ".join(r.overrides)
+        extra = (
+            " ".join([f"variant={r.variant}"] if r.variant else [])
+            + " "
+            + " ".join(f"{k}={v}" for k, v in r.values.items())
+        )
+        extra = extra.strip()
         if extra:
             line += f"   ({extra})"
         print(line)
@@ -400,7 +465,9 @@ def print_table(runs: list[Run], title: str) -> None:
             print(f"        log:   {r.log}")
 
 
-def write_summary(spec: SweepSpec, runs: list[Run], root: Path, launcher: str, commands: list[str]) -> Path:
+def write_summary(
+    spec: SweepSpec, runs: list[Run], root: Path, launcher: str, commands: list[str]
+) -> Path:
     from eightfold.rundir import write_json_atomic
 
     path = root / "sweeps" / f"{spec.name}.summary.json"
@@ -411,12 +478,16 @@ def write_summary(spec: SweepSpec, runs: list[Run], root: Path, launcher: str, c
             "launcher": launcher,
             "finished_at": datetime.now().isoformat(timespec="seconds"),
             "commands": commands,
-            "counts": {s: sum(r.status == s for r in runs) for s in (FINISHED, FAILED, PARTIAL, PENDING, INVALID)},
+            "counts": {
+                s: sum(r.status == s for r in runs)
+                for s in (FINISHED, FAILED, PARTIAL, PENDING, INVALID)
+            },
             "runs": [
                 {
                     "index": r.index,
                     "name": r.name,
                     "status": r.status,
+                    "variant": r.variant or None,
                     "overrides": r.overrides,
                     "run_dir": str(r.run_dir) if r.run_dir else None,
                     "error": r.error or None,
@@ -438,16 +509,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="Exit status: 0 all selected runs finished, 1 some failed or did not finish, 2 bad sweep/config.",
     )
     p.add_argument("sweep", help="sweep file, e.g. sweeps/data_scaling.yaml")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides: KEY=A,B replaces a grid axis, KEY=V adds to every run")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides: KEY=A,B replaces a grid axis, KEY=V adds to every run",
+    )
     p.add_argument(
         "--root",
         default=os.environ.get("EIGHTFOLD_ROOT", "outputs"),
         help="paths.root: where runs are written (default: $EIGHTFOLD_ROOT or ./outputs)",
     )
-    p.add_argument("--launcher", choices=LAUNCHERS, default="local", help="local (default) or slurm")
-    p.add_argument("--dry-run", action="store_true", help="print the runs, their status and the commands; run nothing")
     p.add_argument(
-        "--only", action="append", default=[], metavar="PATTERN",
+        "--launcher", choices=LAUNCHERS, default="local", help="local (default) or slurm"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the runs, their status and the commands; run nothing",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="PATTERN",
         help="only runs whose name (or index) matches this glob; repeatable (retry one run alone)",
     )
     return p.parse_intermixed_args(argv)
@@ -456,7 +540,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _select(runs: list[Run], patterns: list[str]) -> list[Run]:
     if not patterns:
         return runs
-    return [r for r in runs if any(fnmatch.fnmatchcase(r.name, p) or p == str(r.index) for p in patterns)]
+    return [
+        r
+        for r in runs
+        if any(fnmatch.fnmatchcase(r.name, p) or p == str(r.index) for p in patterns)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,7 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     seen: dict[Path, Run] = {}
     for r in runs:
         if r.run_dir is not None and r.run_dir in seen:
-            _err(f"note: runs {seen[r.run_dir].index} and {r.index} are the same run ({r.name}); keeping {seen[r.run_dir].index}")
+            _err(
+                f"note: runs {seen[r.run_dir].index} and {r.index} are the same run ({r.name}); keeping {seen[r.run_dir].index}"
+            )
         elif r.run_dir is not None:
             seen[r.run_dir] = r
     runs = [r for r in runs if r.run_dir is None or seen.get(r.run_dir) is r]
@@ -487,17 +577,27 @@ def main(argv: list[str] | None = None) -> int:
     invalid = [r for r in selected if r.status == INVALID]
 
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    blocks = cartesian_blocks(todo, list(spec.grid))
+    blocks = []
+    for name in dict.fromkeys(r.variant for r in todo):  # one set of multiruns per variant
+        blocks += cartesian_blocks([r for r in todo if r.variant == name], list(spec.grid))
     plans = []
     for b, (axes, block_runs) in enumerate(blocks):
         sweep_dir = root / "multirun" / f"{spec.name}_{stamp}_{os.getpid()}_{b}"
-        plans.append((build_command(spec, axes, root, sweep_dir, args.launcher, block_runs), sweep_dir, block_runs))
+        plans.append(
+            (
+                build_command(spec, axes, root, sweep_dir, args.launcher, block_runs),
+                sweep_dir,
+                block_runs,
+            )
+        )
 
     if args.dry_run:
         print_table(selected, f"sweep {spec.name} ({spec.path})")
         if invalid:
             print(f"{len(invalid)} run(s) have an invalid config (see 'error:' above)")
-        print(f"would run {len(todo)} of {len(selected)} (finished runs are skipped) in {len(plans)} multirun(s):")
+        print(
+            f"would run {len(todo)} of {len(selected)} (finished runs are skipped) in {len(plans)} multirun(s):"
+        )
         for cmd, _, _ in plans:
             print("  " + display_command(cmd))
         return 2 if invalid else 0
@@ -510,14 +610,16 @@ def main(argv: list[str] | None = None) -> int:
         write_summary(spec, selected, root, args.launcher, [])
         return 0
 
-    _err(f"{spec.name}: {len(selected) - len(todo)} of {len(selected)} run(s) finished; running {len(todo)} "
-         f"in {len(plans)} multirun(s) ({args.launcher})")
+    _err(
+        f"{spec.name}: {len(selected) - len(todo)} of {len(selected)} run(s) finished; running {len(todo)} "
+        f"in {len(plans)} multirun(s) ({args.launcher})"
+    )
     try:
         out = sys.stderr.fileno()  # keep stdout for the summary
     except (AttributeError, OSError, ValueError):  # pragma: no cover - no real stderr
         out = None
     procs = []
-    for cmd, sweep_dir, _ in plans:
+    for cmd, _, _ in plans:
         _err("$ " + display_command(cmd))
         proc = subprocess.Popen(cmd, stdout=out)
         if args.launcher == "local":  # one after the other: they share this machine
@@ -543,11 +645,15 @@ def main(argv: list[str] | None = None) -> int:
             r.error = "did not finish (no result.json): see the log"
 
     print_table(selected, f"sweep {spec.name}")
-    summary = write_summary(spec, selected, root, args.launcher, [display_command(c) for c, _, _ in plans])
+    summary = write_summary(
+        spec, selected, root, args.launcher, [display_command(c) for c, _, _ in plans]
+    )
     not_done = [r for r in selected if r.status != FINISHED]
     if not_done:
-        print(f"{len(not_done)} run(s) not finished; rerun the same command to retry only those, "
-              f"or add --only NAME for one. Summary: {summary}")
+        print(
+            f"{len(not_done)} run(s) not finished; rerun the same command to retry only those, "
+            f"or add --only NAME for one. Summary: {summary}"
+        )
         return 1
     print(f"all {len(selected)} run(s) finished. Summary: {summary}")
     return 0

@@ -178,6 +178,7 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
             "eval_time_s": round(eval_time, 3),
             "wall_time_s": round(time.perf_counter() - t0, 3),
             "eightfold_version": __version__,
+            **{f"data_{k}": v for k, v in getattr(datamodule, "data_info", {}).items() if _scalar(v)},
             **getattr(module, "run_stats", {}),
         }
         write_json_atomic(directory / RESULT, result)
@@ -251,6 +252,10 @@ def _quiet_duplicate_lightning_logs() -> None:
         for name in ("lightning.pytorch", "lightning.fabric"):
             lg = logging.getLogger(name)
             lg.handlers = [h for h in lg.handlers if type(h) is not logging.StreamHandler]
+
+
+def _scalar(value) -> bool:
+    return isinstance(value, (int, float, str, bool)) or value is None
 
 
 def _ckpt_step(path: Path | None) -> int | None:

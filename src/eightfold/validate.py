@@ -36,7 +36,9 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.source={data.source!r} is not valid: expected one of {', '.join(SOURCES)}")
     if data.kind not in KINDS:
         raise ConfigError(f"data.kind={data.kind!r} is not valid: expected one of {', '.join(KINDS)}")
-    if data.source == "procedural":
+    if data.source.endswith("_teacher"):
+        _check_teacher(data)
+    if data.source in ("procedural", "procedural_teacher"):
         task = data.task
         chains = _positive_int(task.chains, "data.task.chains", "2")
         steps = _positive_int(task.steps, "data.task.steps", "2")
@@ -58,3 +60,19 @@ def validate_config(cfg: DictConfig) -> None:
                 f" modulus={modulus} give {available} distinct problems outside the test set;"
                 f" use data.size<={available} or raise data.task.steps / data.task.chains"
             )
+
+
+def _check_teacher(data: DictConfig) -> None:
+    from omegaconf import OmegaConf
+
+    from eightfold.data.synthetic import LABELS
+    from eightfold.data.teachers import check_config
+
+    if data.get("teacher") is None:
+        raise ConfigError(f"data.source={data.source!r} needs data.teacher: use data=teacher (or +teacher@data.teacher=...)")
+    try:
+        check_config(OmegaConf.to_container(data.teacher, resolve=True))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if data.get("label", "reference") not in LABELS:
+        raise ConfigError(f"data.label={data.label!r} is not valid: expected one of {', '.join(LABELS)}")

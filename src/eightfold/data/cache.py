@@ -47,7 +47,9 @@ _NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 def canonical_json(obj: Any) -> str:
     """One spelling per value: sorted keys, no whitespace, UTF-8 kept, non-JSON types rejected."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def key_hash(key: dict) -> str:
@@ -91,7 +93,9 @@ class Entry:
             return None
         # A different key under the same hash means a corrupted cache, not a collision worth handling.
         if meta.get("key") != json.loads(canonical_json(self.key)):
-            raise RuntimeError(f"cache entry {self.meta_path} holds key {meta.get('key')!r}, expected {self.key!r}")
+            raise RuntimeError(
+                f"cache entry {self.meta_path} holds key {meta.get('key')!r}, expected {self.key!r}"
+            )
         return meta
 
     def read(self) -> list[dict] | None:

@@ -78,7 +78,9 @@ def gsm8k_seed(rec: dict, where: str) -> Seed:
     solution = _CALCULATOR.sub("", _field(rec, "answer", where, "GSM8K")).strip()
     answer = extract_answer(solution, "gsm8k")
     if answer is None:
-        raise ValueError(f"{where}: GSM8K 'answer' must end with one '#### <number>' line: {solution[-80:]!r}")
+        raise ValueError(
+            f"{where}: GSM8K 'answer' must end with one '#### <number>' line: {solution[-80:]!r}"
+        )
     return Seed(str(rec.get("id", where)), question.strip(), solution, answer, "gsm8k")
 
 
@@ -87,14 +89,20 @@ def math_seed(rec: dict, where: str) -> Seed:
     solution = _field(rec, "solution", where, "MATH").strip()
     answer = extract_answer(solution, "math") or (rec.get("answer") or "").strip() or None
     if answer is None:
-        raise ValueError(f"{where}: MATH 'solution' has no \\boxed{{}} answer and there is no 'answer' field")
-    return Seed(str(rec.get("unique_id", rec.get("id", where))), question.strip(), solution, answer, "math")
+        raise ValueError(
+            f"{where}: MATH 'solution' has no \\boxed{{}} answer and there is no 'answer' field"
+        )
+    return Seed(
+        str(rec.get("unique_id", rec.get("id", where))), question.strip(), solution, answer, "math"
+    )
 
 
 def load_seed_file(path: Path, kind: str) -> list[Seed]:
     """All problems of a local GSM8K- or MATH-format JSONL file, in file order."""
     if kind not in FILE_KINDS:
-        raise ValueError(f"seed file kind {kind!r} is not valid: expected one of {', '.join(FILE_KINDS)}")
+        raise ValueError(
+            f"seed file kind {kind!r} is not valid: expected one of {', '.join(FILE_KINDS)}"
+        )
     parse = gsm8k_seed if kind == "gsm8k" else math_seed
     records = read_jsonl(path)
     if not records:
@@ -110,7 +118,11 @@ def permuted(items: list, seed: int, salt: str = "") -> list:
 
 
 def procedural_stream(
-    seed: int, chains: int, steps: int, modulus: int, exclude: set[str] | frozenset[str] = frozenset()
+    seed: int,
+    chains: int,
+    steps: int,
+    modulus: int,
+    exclude: set[str] | frozenset[str] = frozenset(),
 ) -> Iterator[Problem]:
     """The problems of ``generate_problems(n, seed, ...)`` for every n, lazily, in the same order.
 

@@ -67,7 +67,11 @@ from eightfold.verify import (
 
 log = logging.getLogger("eightfold.synthetic")
 
-TEACHER_SOURCES = {"procedural_teacher": "procedural", "gsm8k_teacher": "gsm8k", "math_teacher": "math"}
+TEACHER_SOURCES = {
+    "procedural_teacher": "procedural",
+    "gsm8k_teacher": "gsm8k",
+    "math_teacher": "math",
+}
 REAL_SOURCES = {"gsm8k": "gsm8k", "math": "math"}
 SOURCES = ("procedural", *TEACHER_SOURCES, *REAL_SOURCES, "self")
 LABELS = ("reference", "teacher")
@@ -87,28 +91,61 @@ class SeedStream:
     seeded permutation of the file minus test questions; ``cycle`` (rewrite mode) starts a new
     permutation after each pass, since one seed can inspire many new problems."""
 
-    def __init__(self, kind: str, seed: int, *, task: dict | None = None, exclude: set[str] = frozenset(),
-                 exclude_key: Any = None, train_file: str | None = None, cycle: bool = False):
-        self.kind, self.seed, self.task, self.exclude, self.cycle = kind, seed, dict(task or {}), exclude, cycle
+    def __init__(
+        self,
+        kind: str,
+        seed: int,
+        *,
+        task: dict | None = None,
+        exclude: set[str] = frozenset(),
+        exclude_key: Any = None,
+        train_file: str | None = None,
+        cycle: bool = False,
+    ):
+        self.kind, self.seed, self.task, self.exclude, self.cycle = (
+            kind,
+            seed,
+            dict(task or {}),
+            exclude,
+            cycle,
+        )
         self.exclude_key = exclude_key
         self.train_file = train_file
         self._seeds: list[Seed] | None = None
         if kind != "procedural":
             if not train_file:
-                raise ValueError(f"data.train_file={train_file!r} is not valid: a {kind} source needs a local JSONL file")
+                raise ValueError(
+                    f"data.train_file={train_file!r} is not valid: a {kind} source needs a local JSONL file"
+                )
             self.file_hash = fingerprint_path(Path(train_file))
 
     def key(self) -> dict:
         if self.kind == "procedural":
-            return {"kind": "procedural", "seed": self.seed, "task": self.task, "exclude": self.exclude_key}
-        return {"kind": self.kind, "file_sha256": self.file_hash, "seed": self.seed, "cycle": self.cycle,
-                "exclude": self.exclude_key}
+            return {
+                "kind": "procedural",
+                "seed": self.seed,
+                "task": self.task,
+                "exclude": self.exclude_key,
+            }
+        return {
+            "kind": self.kind,
+            "file_sha256": self.file_hash,
+            "seed": self.seed,
+            "cycle": self.cycle,
+            "exclude": self.exclude_key,
+        }
 
     def _file_seeds(self) -> list[Seed]:
         if self._seeds is None:
-            seeds = [s for s in load_seed_file(Path(self.train_file), self.kind) if s.question not in self.exclude]
+            seeds = [
+                s
+                for s in load_seed_file(Path(self.train_file), self.kind)
+                if s.question not in self.exclude
+            ]
             if not seeds:
-                raise ValueError(f"data.train_file={self.train_file!r}: no seed problems left after removing test questions")
+                raise ValueError(
+                    f"data.train_file={self.train_file!r}: no seed problems left after removing test questions"
+                )
             self._seeds = seeds
         return self._seeds
 
@@ -140,7 +177,9 @@ def parse_rewrite(text: str) -> tuple[str, str] | None:
     return (question, solution) if question and solution else None
 
 
-def judge(question: str, text: str, reference: str | None, kind: str, problem: Problem | None) -> dict:
+def judge(
+    question: str, text: str, reference: str | None, kind: str, problem: Problem | None
+) -> dict:
     """One teacher sample -> its solution (in the one step format), answer and verdict.
 
     verdict: format_fail (no answer) | unverified (no reference) | wrong | spurious (right answer,
@@ -149,7 +188,13 @@ def judge(question: str, text: str, reference: str | None, kind: str, problem: P
     """
     solution = join_steps(split_steps(text)) if len(text) <= MAX_COMPLETION_CHARS else ""
     answer = extract_answer(solution, kind) if solution else None
-    out: dict = {"question": question, "solution": solution, "answer": answer, "correct": None, "first_wrong_step": None}
+    out: dict = {
+        "question": question,
+        "solution": solution,
+        "answer": answer,
+        "correct": None,
+        "first_wrong_step": None,
+    }
     if answer is None:
         verdict = "format_fail"
     elif reference is None:
@@ -168,17 +213,24 @@ def judge(question: str, text: str, reference: str | None, kind: str, problem: P
     return out
 
 
-def stream_builder(seeds: SeedStream, teacher_factory: Callable[[], Teacher], kind: str,
-                   seed: int) -> Callable[[int], Iterator[dict]]:
+def stream_builder(
+    seeds: SeedStream, teacher_factory: Callable[[], Teacher], kind: str, seed: int
+) -> Callable[[int], Iterator[dict]]:
     """``build_from(start)`` for the cache: one record per seed problem from index ``start``."""
 
     def build_from(start: int) -> Iterator[dict]:
         teacher = teacher_factory()
-        template, mode = getattr(teacher, "prompt_template", "{question}"), getattr(teacher, "mode", "solve")
+        template, mode = (
+            getattr(teacher, "prompt_template", "{question}"),
+            getattr(teacher, "mode", "solve"),
+        )
         first = start - start % teacher.batch_size if teacher.aligned else start
         items = seeds.from_index(first)
         while batch := list(islice(items, teacher.batch_size)):
-            tasks = [Task(i, render(template, s.question, kind, s.solution), s.question, s.problem) for i, s in batch]
+            tasks = [
+                Task(i, render(template, s.question, kind, s.solution), s.question, s.problem)
+                for i, s in batch
+            ]
             # aligned teachers sample a batch from one RNG stream seeded by the batch's start index
             batch_seed = stable_int(seed, batch[0][0]) if teacher.aligned else seed
             for (i, s), samples in zip(batch, teacher.generate(tasks, batch_seed), strict=True):
@@ -199,7 +251,13 @@ def make_record(index: int, seed: Seed, samples: list[dict], kind: str, mode: st
             judged.append({**judge(question, body, None, kind, None), **extra, "raw": text})
         else:
             judged.append({**judge(seed.question, text, seed.answer, kind, seed.problem), **extra})
-    return {"index": index, "seed_id": seed.id, "question": seed.question, "reference": seed.answer, "samples": judged}
+    return {
+        "index": index,
+        "seed_id": seed.id,
+        "question": seed.question,
+        "reference": seed.answer,
+        "samples": judged,
+    }
 
 
 # -----------------------------------------------------------------------------
@@ -217,17 +275,19 @@ def select(raw: list[dict], size: int, label: str, mode: str) -> tuple[list[dict
         problems += 1
         verdicts.update(s["verdict"] for s in rec["samples"])
         for k, sample, answer in _positives(rec, label, mode):
-            out.append({
-                "index": rec["index"],
-                "sample": k,
-                "question": sample["question"],
-                "solution": sample["solution"],
-                "answer": answer,
-                "reference": rec["reference"] if mode == "solve" else None,
-                "verdict": sample["verdict"],
-                "first_wrong_step": sample["first_wrong_step"],
-                **({"injected": sample["injected"]} if "injected" in sample else {}),
-            })
+            out.append(
+                {
+                    "index": rec["index"],
+                    "sample": k,
+                    "question": sample["question"],
+                    "solution": sample["solution"],
+                    "answer": answer,
+                    "reference": rec["reference"] if mode == "solve" else None,
+                    "verdict": sample["verdict"],
+                    "first_wrong_step": sample["first_wrong_step"],
+                    **({"injected": sample["injected"]} if "injected" in sample else {}),
+                }
+            )
             if len(out) >= size:
                 break
     kept = Counter(e["verdict"] for e in out)
@@ -250,7 +310,11 @@ def select(raw: list[dict], size: int, label: str, mode: str) -> tuple[list[dict
 def _positives(rec: dict, label: str, mode: str) -> Iterator[tuple[int, dict, str]]:
     samples = rec["samples"]
     if mode == "rewrite":  # every well-formed sample is its own new problem, labelled by itself
-        yield from ((k, s, s["answer"]) for k, s in enumerate(samples) if s["answer"] is not None and s["question"])
+        yield from (
+            (k, s, s["answer"])
+            for k, s in enumerate(samples)
+            if s["answer"] is not None and s["question"]
+        )
         return
     if label == "reference":
         hit = next(((k, s) for k, s in enumerate(samples) if s["correct"]), None)
@@ -289,13 +353,28 @@ def build_split(
     from eightfold.data.datamodule import Example, procedural_split
 
     if source == "self":
-        return _self_split(source=source, kind=kind, size=size, seed=seed, test_size=test_size, test_seed=test_seed,
-                           task=task, train_file=train_file, test_file=test_file, cache_dir=cache_dir, **options)
+        return _self_split(
+            source=source,
+            kind=kind,
+            size=size,
+            seed=seed,
+            test_size=test_size,
+            test_seed=test_seed,
+            task=task,
+            train_file=train_file,
+            test_file=test_file,
+            cache_dir=cache_dir,
+            **options,
+        )
     expected = {**TEACHER_SOURCES, **REAL_SOURCES}.get(source)
     if expected is None:
-        raise ValueError(f"data.source={source!r} is not valid: expected one of {', '.join(SOURCES)}")
+        raise ValueError(
+            f"data.source={source!r} is not valid: expected one of {', '.join(SOURCES)}"
+        )
     if kind != expected:
-        raise ValueError(f"data.kind={kind!r} does not fit data.source={source!r}: expected data.kind={expected}")
+        raise ValueError(
+            f"data.kind={kind!r} does not fit data.source={source!r}: expected data.kind={expected}"
+        )
 
     # the test set: identical to the procedural source's, or the test file
     if kind == "procedural":
@@ -303,45 +382,80 @@ def build_split(
         exclude = {e.prompt for e in test}
         exclude_key = {"test_size": test_size, "test_seed": test_seed}
     else:
-        test = [_example(Example, s, s.solution, s.answer) for s in _test_seeds(test_file, kind, test_size)]
+        test = [
+            _example(Example, s, s.solution, s.answer)
+            for s in _test_seeds(test_file, kind, test_size)
+        ]
         exclude = {e.meta["question"] for e in test}
-        exclude_key = {"test_file_sha256": fingerprint_path(Path(test_file)), "test_size": test_size}
+        exclude_key = {
+            "test_file_sha256": fingerprint_path(Path(test_file)),
+            "test_size": test_size,
+        }
 
     if source in REAL_SOURCES:
-        seeds = SeedStream(kind, seed, exclude=exclude, exclude_key=exclude_key, train_file=train_file)
+        seeds = SeedStream(
+            kind, seed, exclude=exclude, exclude_key=exclude_key, train_file=train_file
+        )
         pool = seeds._file_seeds()
         if size > len(pool):
-            raise ValueError(f"data.size={size} is larger than data.train_file={train_file!r} ({len(pool)} problems)")
-        train = [_example(Example, s, s.solution, s.answer) for s in permuted(pool, seed, salt="round0")[:size]]
+            raise ValueError(
+                f"data.size={size} is larger than data.train_file={train_file!r} ({len(pool)} problems)"
+            )
+        train = [
+            _example(Example, s, s.solution, s.answer)
+            for s in permuted(pool, seed, salt="round0")[:size]
+        ]
         return train, test, {"source": source, "train_file": train_file, "examples": len(train)}
 
     records, info = synthetic_dataset(
-        kind=kind, size=size, seed=seed, task=task, teacher=teacher, train_file=train_file, label=label,
-        cache_dir=cache_dir, exclude=exclude, exclude_key=exclude_key,
+        kind=kind,
+        size=size,
+        seed=seed,
+        task=task,
+        teacher=teacher,
+        train_file=train_file,
+        label=label,
+        cache_dir=cache_dir,
+        exclude=exclude,
+        exclude_key=exclude_key,
     )
     problems: dict[int, Problem] = {}
     if kind == "procedural":
         last = max((r["index"] for r in records), default=-1)
-        problems = dict(enumerate(islice(procedural_stream(seed, exclude=exclude, **(task or {})), last + 1)))
+        problems = dict(
+            enumerate(islice(procedural_stream(seed, exclude=exclude, **(task or {})), last + 1))
+        )
     train = []
     for r in records:
         s = Seed(str(r["index"]), r["question"], None, r["answer"], kind, problems.get(r["index"]))
         ex = _example(Example, s, r["solution"], r["answer"])
-        ex.meta.update({k: r[k] for k in ("index", "sample", "verdict", "first_wrong_step") if k in r})
+        ex.meta.update(
+            {k: r[k] for k in ("index", "sample", "verdict", "first_wrong_step") if k in r}
+        )
         train.append(ex)
     return train, test, info
 
 
 def _example(example_cls, seed: Seed, solution: str, answer: str):
-    return example_cls(student_prompt(seed), solution, str(answer), seed.problem, {"question": seed.question, "id": seed.id})
+    return example_cls(
+        student_prompt(seed),
+        solution,
+        str(answer),
+        seed.problem,
+        {"question": seed.question, "id": seed.id},
+    )
 
 
 def _test_seeds(test_file: str | None, kind: str, test_size: int) -> list[Seed]:
     if not test_file:
-        raise ValueError(f"data.test_file={test_file!r} is not valid: a {kind} source needs a local test JSONL file")
+        raise ValueError(
+            f"data.test_file={test_file!r} is not valid: a {kind} source needs a local test JSONL file"
+        )
     seeds = load_seed_file(Path(test_file), kind)
     if test_size > len(seeds):
-        raise ValueError(f"data.test_size={test_size} is larger than data.test_file={test_file!r} ({len(seeds)} problems)")
+        raise ValueError(
+            f"data.test_size={test_size} is larger than data.test_file={test_file!r} ({len(seeds)} problems)"
+        )
     return seeds[:test_size]  # file order: every run of a study scores the same problems
 
 
@@ -377,16 +491,37 @@ def synthetic_dataset(
     if label not in LABELS:
         raise ValueError(f"data.label={label!r} is not valid: expected one of {', '.join(LABELS)}")
     if mode == "rewrite" and label != "teacher":
-        raise ValueError("data.teacher.mode=rewrite writes new problems with no reference answer: use data.label=teacher")
+        raise ValueError(
+            "data.teacher.mode=rewrite writes new problems with no reference answer: use data.label=teacher"
+        )
     if name == "procedural" and kind != "procedural":
-        raise ValueError(f"data.teacher.name=procedural only solves procedural problems, not data.kind={kind!r}")
+        raise ValueError(
+            f"data.teacher.name=procedural only solves procedural problems, not data.kind={kind!r}"
+        )
 
-    seeds = SeedStream(kind, seed, task=task, exclude=exclude, exclude_key=exclude_key, train_file=train_file,
-                       cycle=mode == "rewrite")
+    seeds = SeedStream(
+        kind,
+        seed,
+        task=task,
+        exclude=exclude,
+        exclude_key=exclude_key,
+        train_file=train_file,
+        cycle=mode == "rewrite",
+    )
     # The key is the teacher's own key() (what decides its outputs), so knobs like concurrency
     # never split the cache.
-    key = {"dataset": "teacher_stream", "kind": kind, "seeds": seeds.key(), "teacher": factory().key(), "seed": seed}
-    meta = {"teacher_config": public_config(teacher_cfg), "train_file": train_file, "eightfold": __version__}
+    key = {
+        "dataset": "teacher_stream",
+        "kind": kind,
+        "seeds": seeds.key(),
+        "teacher": factory().key(),
+        "seed": seed,
+    }
+    meta = {
+        "teacher_config": public_config(teacher_cfg),
+        "train_file": train_file,
+        "eightfold": __version__,
+    }
     build_from = stream_builder(seeds, factory, kind, seed)
 
     def prefix(m: int) -> list[dict]:
@@ -396,7 +531,11 @@ def synthetic_dataset(
             return list(islice(build_from(0), m))
         return cache.load_prefix(Path(cache_dir), STREAM_NS, key, m, build_from, meta=meta)
 
-    want = size if name != "procedural" or label == "teacher" else math.ceil(size / max(1e-3, 1 - teacher_cfg.get("error_rate", 0)))
+    want = (
+        size
+        if name != "procedural" or label == "teacher"
+        else math.ceil(size / max(1e-3, 1 - teacher_cfg.get("error_rate", 0)))
+    )
     while True:
         raw = prefix(want)
         records, stats = select(raw, size, label, mode)
@@ -416,11 +555,34 @@ def synthetic_dataset(
         )
 
     stream_hash = cache.key_hash(key)
-    info = {"source": f"{kind}_teacher", "teacher": name, "label": label, "stream": stream_hash, **stats}
+    info = {
+        "source": f"{kind}_teacher",
+        "teacher": name,
+        "label": label,
+        "stream": stream_hash,
+        **stats,
+    }
     if cache_dir is not None:
-        dkey = {"dataset": "dsyn", "stream": stream_hash, "size": size, "label": label, "mode": mode}
-        records = cache.load_or_build(Path(cache_dir), DSYN_NS, dkey, lambda: records, meta={**meta, "stream_key": key, "stats": info})
-    log.info("D_syn: %d examples from %d problems (%s)", len(records), stats["problems_read"], stats["example_verdicts"])
+        dkey = {
+            "dataset": "dsyn",
+            "stream": stream_hash,
+            "size": size,
+            "label": label,
+            "mode": mode,
+        }
+        records = cache.load_or_build(
+            Path(cache_dir),
+            DSYN_NS,
+            dkey,
+            lambda: records,
+            meta={**meta, "stream_key": key, "stats": info},
+        )
+    log.info(
+        "D_syn: %d examples from %d problems (%s)",
+        len(records),
+        stats["problems_read"],
+        stats["example_verdicts"],
+    )
     return records, info
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -45,7 +46,10 @@ from eightfold.verify import join_steps, split_steps
 log = logging.getLogger("eightfold.teachers")
 
 NAMES = ("procedural", "hf", "openai")
-MODES = ("solve", "rewrite")  # solve the seed problem as is | write a new problem like it, then solve it
+MODES = (
+    "solve",
+    "rewrite",
+)  # solve the seed problem as is | write a new problem like it, then solve it
 
 # Filled into a template's {answer_format}: the output contract of each verifier kind.
 ANSWER_FORMATS = {
@@ -100,12 +104,16 @@ def _check_keys(cfg: dict, valid: Sequence[str], where: str) -> None:
         )
     unknown = sorted(set(cfg) - set(valid))
     if unknown:
-        raise ValueError(f"{where} has unknown keys {unknown}; valid keys: {', '.join(sorted(valid))}")
+        raise ValueError(
+            f"{where} has unknown keys {unknown}; valid keys: {', '.join(sorted(valid))}"
+        )
 
 
 def _rate(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"data.teacher.{key}={value!r} is not valid: expected a probability in [0, 1]")
+        raise ValueError(
+            f"data.teacher.{key}={value!r} is not valid: expected a probability in [0, 1]"
+        )
     return float(value)
 
 
@@ -170,7 +178,9 @@ class ProceduralTeacher:
     def generate(self, tasks: Sequence[Task], seed: int) -> Iterator[list[dict]]:
         for task in tasks:
             if task.problem is None:
-                raise TeacherError("the procedural teacher needs procedural seeds (data.source=procedural_teacher)")
+                raise TeacherError(
+                    "the procedural teacher needs procedural seeds (data.source=procedural_teacher)"
+                )
             yield [self.sample(task.problem, task.index, k, seed) for k in range(self.samples)]
 
     def sample(self, problem: Problem, index: int, k: int, seed: int) -> dict:
@@ -191,7 +201,9 @@ class ProceduralTeacher:
         return {"text": clean, "injected": "clean", "injected_step": None}
 
 
-def corrupt(problem: Problem, solution: str, rng: random.Random, propagate: bool) -> tuple[str, int]:
+def corrupt(
+    problem: Problem, solution: str, rng: random.Random, propagate: bool
+) -> tuple[str, int]:
     """Change one step's result to a wrong value. ``propagate``: later steps compute with the
     wrong value (every op is injective in each operand, so the answer ends wrong); otherwise
     later steps use the true value (a slip that the trace recovers from: right answer, wrong step).
@@ -215,9 +227,11 @@ def corrupt(problem: Problem, solution: str, rng: random.Random, propagate: bool
 
 def extra_step(problem: Problem, solution: str, rng: random.Random) -> tuple[str, int]:
     """Insert a correct but useless step that defines a variable the problem never uses."""
-    lines = split_steps(solution)
     used = {v for v, _ in problem.givens} | {s.var for s in problem.steps}
-    fresh = next(c for c in "zyxwvutsrqponmlkjihgfedcba" if c not in used)
+    fresh = next((c for c in "zyxwvutsrqponmlkjihgfedcba" if c not in used), None)
+    if fresh is None:  # all 26 letters taken: a recovered wrong value is the other spurious kind
+        return corrupt(problem, solution, rng, propagate=False)
+    lines = split_steps(solution)
     step = rng.randrange(len(lines))  # before any line, including the answer line
     env = problem.values()
     defined = [v for v, _ in problem.givens] + [STEP_RE.match(x).group(1) for x in lines[:step]]
@@ -288,8 +302,14 @@ class HFTeacher:
         if model is None and loader is None:
             raise ValueError("HFTeacher needs a model and tokenizer, or a loader")
         self.model_id = model_id
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-            raise ValueError(f"data.teacher.temperature={temperature!r} is not valid: expected a number >= 0 (0 = greedy)")
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or temperature < 0
+        ):
+            raise ValueError(
+                f"data.teacher.temperature={temperature!r} is not valid: expected a number >= 0 (0 = greedy)"
+            )
         if not 0 < top_p <= 1:
             raise ValueError(f"data.teacher.top_p={top_p!r} is not valid: expected 0 < top_p <= 1")
         self.temperature, self.top_p = float(temperature), float(top_p)
@@ -321,11 +341,15 @@ class HFTeacher:
             from eightfold.models import hf_causal_lm
 
             model, tokenizer = hf_causal_lm(str(path), dtype=dtype, attn_implementation=attn)
-            target = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+            target = (
+                ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+            )
             return model.to(target), tokenizer
 
         # The checkpoint hash names the teacher: retrained weights at the same path are a new teacher.
-        return cls(None, None, model_id=f"{Path(path).name}@{fingerprint_path(path)}", loader=load, **cfg)
+        return cls(
+            None, None, model_id=f"{Path(path).name}@{fingerprint_path(path)}", loader=load, **cfg
+        )
 
     def key(self) -> dict:
         return {
@@ -362,7 +386,9 @@ class HFTeacher:
 
 def _mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"data.teacher.mode={mode!r} is not valid: expected one of {', '.join(MODES)}")
+        raise ValueError(
+            f"data.teacher.mode={mode!r} is not valid: expected one of {', '.join(MODES)}"
+        )
     return mode
 
 
@@ -400,7 +426,9 @@ class OpenAITeacher:
         batch_size: int = 256,
     ):
         if not isinstance(model, str) or not model:
-            raise ValueError(f"data.teacher.model={model!r} is not valid: expected a model name, e.g. gpt-4o-mini")
+            raise ValueError(
+                f"data.teacher.model={model!r} is not valid: expected a model name, e.g. gpt-4o-mini"
+            )
         if not re.match(r"^https?://[^/@\s]+(/.*)?$", str(base_url)):
             raise ValueError(
                 f"data.teacher.base_url={base_url!r} is not valid: expected http(s)://host[:port]/path"
@@ -413,7 +441,11 @@ class OpenAITeacher:
         self.temperature, self.top_p = float(temperature), float(top_p)
         self.samples = _positive(samples, "samples")
         self.max_tokens = _positive(max_tokens, "max_tokens")
-        self.prompt_template, self.system_prompt, self.mode = prompt_template, system_prompt, _mode(mode)
+        self.prompt_template, self.system_prompt, self.mode = (
+            prompt_template,
+            system_prompt,
+            _mode(mode),
+        )
         self.send_seed = bool(send_seed)
         self.concurrency = _positive(concurrency, "concurrency")
         self.max_retries = int(max_retries)
@@ -467,13 +499,26 @@ class OpenAITeacher:
         out: list[dict] = []
         attempt_seed = stable_int(seed, task.index)
         while len(out) < self.samples:  # some endpoints ignore n>1: ask again for the rest
-            reply = self._post(self._body(task, self.samples - len(out), attempt_seed + len(out)), task.index)
+            reply = self._post(
+                self._body(task, self.samples - len(out), attempt_seed + len(out)), task.index
+            )
             choices = reply.get("choices") if isinstance(reply, dict) else None
             if not isinstance(choices, list) or not choices:
-                raise TeacherError(f"task {task.index}: reply has no 'choices': {str(reply)[:200]!r}")
+                raise TeacherError(
+                    f"task {task.index}: reply has no 'choices': {str(reply)[:200]!r}"
+                )
             for choice in choices[: self.samples - len(out)]:
-                content = (choice.get("message") or {}).get("content") if isinstance(choice, dict) else None
-                out.append({"text": content if isinstance(content, str) else "", "finish_reason": choice.get("finish_reason")})
+                content = (
+                    (choice.get("message") or {}).get("content")
+                    if isinstance(choice, dict)
+                    else None
+                )
+                out.append(
+                    {
+                        "text": content if isinstance(content, str) else "",
+                        "finish_reason": choice.get("finish_reason"),
+                    }
+                )
         return out
 
     def _body(self, task: Task, n: int, request_seed: int) -> dict:
@@ -496,11 +541,15 @@ class OpenAITeacher:
         headers = {"Content-Type": "application/json"}
         if self.api_key_env:
             headers["Authorization"] = f"Bearer {self._api_key()}"
-        rng = random.Random(f"backoff-{index}-{body.get('seed')}")  # seeded jitter, one stream per request
+        rng = random.Random(
+            f"backoff-{index}-{body.get('seed')}"
+        )  # seeded jitter, one stream per request
         for attempt in range(self.max_retries + 1):
             self._wait_pause()
-            self.stats["requests"] += 1
-            request = urllib.request.Request(f"{self.base_url}/chat/completions", data=data, headers=headers)
+            self._count("requests")
+            request = urllib.request.Request(
+                f"{self.base_url}/chat/completions", data=data, headers=headers
+            )
             retry_after = None
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
@@ -508,23 +557,42 @@ class OpenAITeacher:
             except urllib.error.HTTPError as err:
                 detail = err.read()[:200].decode("utf-8", "replace")
                 if err.code not in RETRY_STATUS:
-                    raise TeacherError(f"task {index}: HTTP {err.code} from {self.base_url}: {detail!r}") from None
+                    raise TeacherError(
+                        f"task {index}: HTTP {err.code} from {self.base_url}: {detail!r}"
+                    ) from None
                 retry_after = _retry_after(err.headers)
                 if err.code == 429:
-                    self.stats["rate_limited"] += 1
+                    self._count("rate_limited")
                 problem = f"HTTP {err.code}"
-            except (urllib.error.URLError, OSError, json.JSONDecodeError) as err:  # refused, reset, timeout, bad body
+            except (
+                urllib.error.URLError,
+                OSError,
+                json.JSONDecodeError,
+            ) as err:  # refused, reset, timeout, bad body
                 problem = f"{type(err).__name__}: {err}"
             if attempt == self.max_retries:
-                raise TeacherError(f"task {index}: gave up after {attempt + 1} attempts, last error {problem}")
+                raise TeacherError(
+                    f"task {index}: gave up after {attempt + 1} attempts, last error {problem}"
+                )
             cap = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
             delay = retry_after if retry_after is not None else cap / 2 + rng.uniform(0, cap / 2)
             if retry_after is not None:
                 self._pause(delay)
-            self.stats["retries"] += 1
-            log.warning("task %d: %s, retry %d/%d in %.2fs", index, problem, attempt + 1, self.max_retries, delay)
+            self._count("retries")
+            log.warning(
+                "task %d: %s, retry %d/%d in %.2fs",
+                index,
+                problem,
+                attempt + 1,
+                self.max_retries,
+                delay,
+            )
             time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _count(self, what: str) -> None:
+        with self._pause_lock:
+            self.stats[what] += 1
 
     def _api_key(self) -> str:
         key = os.environ.get(self.api_key_env or "")
@@ -571,17 +639,23 @@ def _retry_after(headers) -> float | None:
 # -----------------------------------------------------------------------------
 # config -> teacher
 
+
+def _params(fn: Callable, drop: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return tuple(p for p in inspect.signature(fn).parameters if p not in ("self", *drop))
+
+
+# Valid config keys = the constructors' parameters, so the two cannot drift apart.
 _VALID = {
-    "procedural": ("name", "error_rate", "spurious_rate", "spurious_kinds", "samples", "batch_size"),
+    "procedural": ("name", *_params(ProceduralTeacher.__init__)),
     "hf": (
-        "name", "model_path", "dtype", "device", "attn_implementation", "temperature", "top_p", "samples",
-        "max_new_tokens", "batch_size", "prompt_template", "mode",
+        "name",
+        "model_path",
+        "dtype",
+        "device",
+        "attn_implementation",
+        *_params(HFTeacher.__init__, drop=("model", "tokenizer", "model_id", "loader")),
     ),
-    "openai": (
-        "name", "model", "base_url", "api_key_env", "temperature", "top_p", "samples", "max_tokens",
-        "prompt_template", "system_prompt", "mode", "send_seed", "concurrency", "max_retries",
-        "backoff_base_s", "backoff_max_s", "timeout_s", "batch_size",
-    ),
+    "openai": ("name", *_params(OpenAITeacher.__init__)),
 }
 
 
@@ -589,7 +663,9 @@ def check_config(cfg: dict) -> str:
     """Validate a teacher config without building anything (no model load, no env lookup)."""
     name = cfg.get("name")
     if name not in NAMES:
-        raise ValueError(f"data.teacher.name={name!r} is not valid: expected one of {', '.join(NAMES)}")
+        raise ValueError(
+            f"data.teacher.name={name!r} is not valid: expected one of {', '.join(NAMES)}"
+        )
     _check_keys(cfg, _VALID[name], "data.teacher")
     if "mode" in cfg:
         _mode(cfg["mode"])
@@ -610,4 +686,8 @@ def make_teacher(cfg: dict) -> Teacher:
 def public_config(cfg: dict) -> dict:
     """The config as it may be written to provenance/logs (it holds no secret by construction;
     this drops anything that looks like one, as a second line of defence)."""
-    return {k: v for k, v in cfg.items() if not re.search(r"key$|token|secret|password", k) or k == "api_key_env"}
+    return {
+        k: v
+        for k, v in cfg.items()
+        if not re.search(r"key$|token|secret|password", k) or k == "api_key_env"
+    }

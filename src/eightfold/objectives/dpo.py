@@ -166,7 +166,7 @@ class DPOModule(StepBudgetMixin, PolicyModule):
         }
         self.log_dict(metrics, prog_bar=False, batch_size=b)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b)
-        self._last = {k.split("/")[1]: float(v) for k, v in metrics.items()} | {"loss": float(loss)}
+        self._last = {k.split("/")[1]: float(v) for k, v in metrics.items()} | {"loss": float(loss.detach())}
         self._chosen_logratios.append(float(chosen_logratio))
         self._check_collapse()
         return loss

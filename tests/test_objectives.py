@@ -1,0 +1,137 @@
+"""Every objective trains a tiny model through the real config (experiment=smoke objective=X).
+
+One SFT run is shared by the whole module (as in a sweep over objectives), so is the sampling
+pass and the rollout pass: the later objectives read them from <paths.root>/cache.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import eightfold.objectives.pairs as pairs_mod
+from eightfold.rundir import RESULT, run_dir
+from eightfold.train import run
+from tests.conftest import REPO, compose_cfg, run_cli
+
+COMMON = {"objective", "source", "n", "seed", "test_accuracy", "test_error", "config_hash", "train_steps",
+          "samples", "positives", "negatives", "novel_positives", "spurious_positives", "sft_run"}
+
+# The smoke experiment, made able to produce right and wrong samples in seconds: SFT for 300
+# steps (the shared pi_sft), 8 samples per problem, 96 positions (the smoke 64 is shorter than
+# the current step format), no intermediate checkpoints.
+OVERRIDES = ["trainer.max_steps=300", "model.n_positions=96", "checkpoint_every_n_steps=100000", "objective.k=8"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("objectives")
+
+
+def cfg_for(root, objective: str, *extra: str):
+    return compose_cfg(["experiment=smoke", f"paths.root={root}", "trainer.enable_progress_bar=false",
+                        f"objective={objective}", *OVERRIDES, *extra])
+
+
+def finished(cfg) -> dict:
+    on_disk = json.loads((run_dir(cfg) / RESULT).read_text())
+    assert on_disk.keys() >= COMMON, COMMON - on_disk.keys()
+    assert on_disk["objective"] == cfg.objective.name
+    return on_disk
+
+
+def test_rft_trains_on_teacher_plus_self_generated(root):
+    cfg = cfg_for(root, "rft", "objective.steps=20")
+    result = run(cfg)
+    r = finished(cfg)
+    assert r["train_steps"] == 20 == r["objective_steps"]  # its own budget, not the SFT's 300
+    assert r["samples"] == 8 * cfg.data.size and r["samples_cached"] is False
+    assert r["rft_train_pairs"] == cfg.data.size + r["rft_self_added"] and r["rft_self_added"] > 0
+    assert r["rft_kept"] <= r["positives"] and r["rft_kept_spurious"] <= r["rft_kept"]
+    assert result["test_accuracy"] == r["test_accuracy"]
+    # the SFT run it started from was trained once, with objective=sft and saved weights
+    sft_dir = root / "runs" / r["sft_run"]
+    assert (sft_dir / "model").is_dir() and json.loads((sft_dir / RESULT).read_text())["train_steps"] == 300
+
+
+def test_dpo_trains_bounded_epochs_and_computes_reference_logps_once(root, monkeypatch):
+    calls = []
+    original = pairs_mod.reference_logps
+
+    def counting(model, items, pad_id, batch_size=128):
+        forwards = []
+        hook = model.register_forward_hook(lambda *a: forwards.append(1))
+        try:
+            out = original(model, items, pad_id, batch_size)
+        finally:
+            hook.remove()
+        calls.append((len(items), len(forwards)))
+        return out
+
+    monkeypatch.setattr(pairs_mod, "reference_logps", counting)
+    cfg = cfg_for(root, "dpo", "objective.module.ref_batch_size=64")
+    run(cfg)
+    r = finished(cfg)
+    assert r["samples_cached"] is True  # the rft run's sampling pass, not a new one
+    assert r["pairs"] > 0 and r["pairs_skipped_no_chosen"] >= 0
+    steps_per_epoch = -(-r["pairs"] // 32)
+    assert r["train_steps"] == r["objective_steps"] == 2 * steps_per_epoch  # 2 epochs, not trainer.max_steps
+    # one pass of the frozen reference over all pairs, before training; none during the 2 epochs
+    assert calls == [(r["pairs"], -(-r["pairs"] // 64))]
+    assert r["ref_logps_cached"] is False
+    for key in ("final_reward_margin", "final_reward_accuracy", "final_chosen_logp", "collapse_warning"):
+        assert key in r
+    # another run on the same pairs (here: another beta) reads them from the cache
+    cfg2 = cfg_for(root, "dpo", "objective.module.ref_batch_size=64", "objective.module.beta=0.3",
+                   "objective.module.loss_type=ipo", "objective.module.nll_weight=0.5")
+    run(cfg2)
+    r2 = finished(cfg2)
+    assert len(calls) == 1 and r2["ref_logps_cached"] is True and r2["pairs"] == r["pairs"]
+    assert r2["config_hash"] != r["config_hash"]
+
+
+def test_step_dpo_rollouts_pits_agreement_and_pairs(root):
+    cfg = cfg_for(root, "step_dpo", "objective.max_negatives=120", "objective.rollouts=4")
+    run(cfg)
+    r = finished(cfg)
+    assert r["negatives_rolled_out"] == 120
+    assert 0 < r["rollouts"] < r["rollouts_without_reuse"]  # early stop and shared prefixes saved work
+    assert r["rollout_time_s"] > 0 and r["rollouts_cached"] is False
+    assert 0 <= r["first_pit_agreement"] <= 1 and r["first_pit_agreement_n"] == 120 - r["dead_prompt_negatives"]
+    assert r["pairs"] + r["pairs_skipped_no_pit"] + r["pairs_skipped_no_chosen"] + r["pairs_duplicate"] == 120
+    assert r["pairs"] > 0 and r["train_steps"] == r["objective_steps"] > 0
+
+
+def test_awr_shares_the_step_dpo_rollouts(root):
+    cfg = cfg_for(root, "awr", "objective.max_negatives=120", "objective.rollouts=4")
+    run(cfg)
+    r = finished(cfg)
+    assert r["rollouts_cached"] is True  # the step_dpo run's rollouts: one pass for both
+    assert r["awr_items"] == 2 * r["pairs"] and r["train_steps"] == r["objective_steps"] > 0
+    assert r["first_pit_agreement"] is not None and r["awr_mean_weight"] > 0
+
+
+def test_one_multirun_over_objectives_writes_one_result_each(root):
+    overrides = [o for o in OVERRIDES if not o.startswith("objective.")]  # sft has no sampling knobs
+    proc = run_cli(
+        ["eightfold.train", "-m", "experiment=smoke", "objective=sft,rft,dpo,step_dpo", f"paths.root={root}",
+         "trainer.enable_progress_bar=false", *overrides],
+        cwd=REPO, env={"OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in root.glob("runs/*/result.json")]
+    k4 = [r for r in results if r["objective"] == "sft" or r.get("samples") == 4 * 64]
+    assert sorted(r["objective"] for r in k4) == ["dpo", "rft", "sft", "step_dpo"]
+    assert len({r["sft_run"] for r in k4 if r["objective"] != "sft"}) == 1  # one shared pi_sft
+    for r in k4:
+        assert {"objective", "n", "seed", "test_accuracy", "test_error", "config_hash", "train_steps"} <= r.keys()
