@@ -40,9 +40,9 @@ test-fast: install  ## everything but the SLURM tests
 	$(BIN)/pytest -m "not slurm" -q
 
 test-slurm: install  ## start a real single-node SLURM, run the tests marked slurm, stop it
-	@partition=$$(bash scripts/start-slurm.sh) || exit 1; \
+	@partition=$$(bash scripts/start-slurm.sh) || { bash scripts/stop-slurm.sh; exit 1; }; \
 	source "$${SLURM_CI_DIR:-/tmp/eightfold-slurm}/env"; \
-	EIGHTFOLD_REQUIRE_SLURM=1 EIGHTFOLD_SLURM_PARTITION=$$partition $(BIN)/pytest -m slurm -q; rc=$$?; \
+	EIGHTFOLD_REQUIRE_SLURM=1 EIGHTFOLD_SLURM_PARTITION=$$partition timeout 1800 $(BIN)/pytest -m slurm -q; rc=$$?; \
 	bash scripts/stop-slurm.sh; exit $$rc
 
 lint:  ## ruff

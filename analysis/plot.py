@@ -94,6 +94,10 @@ def scaling_plot(rows: list[dict], fits: dict | None, out_dir: Path) -> list[Pat
         ax.set_yscale("log")
         _plain_ticks(ax)
         all_n = [n for o in present for n in data[(o, src)]]
+        # Label exactly the measured sizes, in plain numbers (log minor labels collide).
+        ax.xaxis.set_major_locator(ticker.FixedLocator(sorted(set(all_n))))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         if min(all_n) == max(all_n):  # a single size: centre it rather than autoscale to a decade
             ax.set_xlim(min(all_n) / 2, min(all_n) * 2)
         ax.set_xlabel("training examples n")

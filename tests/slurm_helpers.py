@@ -91,9 +91,10 @@ def slurm_unavailable_reason(wait_s: float = 15) -> str | None:
 
 
 def default_partition() -> str:
-    """$SLURM_CI_PARTITION, else the cluster's default partition, else the first."""
-    if os.environ.get("SLURM_CI_PARTITION"):
-        return os.environ["SLURM_CI_PARTITION"]
+    """$EIGHTFOLD_SLURM_PARTITION or $SLURM_CI_PARTITION, else the cluster's default partition."""
+    for var in ("EIGHTFOLD_SLURM_PARTITION", "SLURM_CI_PARTITION"):
+        if os.environ.get(var):
+            return os.environ[var]
     out = _run(["sinfo", "-h", "-o", "%P"]).stdout.split()
     for p in out:
         if p.endswith("*"):

@@ -10,7 +10,14 @@ import torch
 from eightfold.data.datamodule import collate_sft
 from eightfold.models import tiny_gpt
 from eightfold.objectives.base import token_logps
-from eightfold.objectives.losses import LOSS_TYPES, awr_weights, dpo_loss, dpo_losses, nll_term, weighted_nll
+from eightfold.objectives.losses import (
+    LOSS_TYPES,
+    awr_weights,
+    dpo_loss,
+    dpo_losses,
+    nll_term,
+    weighted_nll,
+)
 from eightfold.objectives.pairs import TokenizedPair, collate_pairs
 
 

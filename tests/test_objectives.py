@@ -100,6 +100,15 @@ def test_dpo_trains_bounded_epochs_and_computes_reference_logps_once(root, monke
     assert r2["config_hash"] != r["config_hash"]
 
 
+def test_dpo_without_pairs_keeps_pi_sft(root):
+    cfg = cfg_for(root, "dpo", "objective.max_negatives=0")
+    run(cfg)
+    r = finished(cfg)
+    assert r["pairs"] == 0 and r["train_steps"] == 0
+    sft = json.loads((root / "runs" / r["sft_run"] / RESULT).read_text())
+    assert r["test_accuracy"] == sft["test_accuracy"]  # the policy is pi_sft's weights, untouched
+
+
 def test_step_dpo_rollouts_pits_agreement_and_pairs(root):
     cfg = cfg_for(root, "step_dpo", "objective.max_negatives=120", "objective.rollouts=4")
     run(cfg)

@@ -38,6 +38,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -346,14 +347,6 @@ def launcher_overrides(spec: SweepSpec, launcher: str, runs: list[Run]) -> list[
         return []
     out = ["hydra/launcher=slurm"]
     out += [f"hydra.launcher.{k}={hydra_value(v)}" for k, v in spec.slurm.items()]
-    user_set = set(spec.slurm) | {
-        override_key(o).removeprefix("hydra.launcher.")
-        for o in spec.overrides
-        if is_hydra_override(o)
-    }
-    # conf/hydra/launcher/slurm.yaml asks for trainer.devices GPUs; CPU runs need none
-    if "gpus_per_node" not in user_set and runs and all(r.accelerator == "cpu" for r in runs):
-        out.append("hydra.launcher.gpus_per_node=0")
     return out
 
 
@@ -618,15 +611,31 @@ def main(argv: list[str] | None = None) -> int:
         out = sys.stderr.fileno()  # keep stdout for the summary
     except (AttributeError, OSError, ValueError):  # pragma: no cover - no real stderr
         out = None
-    procs = []
-    for cmd, _, _ in plans:
-        _err("$ " + display_command(cmd))
-        proc = subprocess.Popen(cmd, stdout=out)
-        if args.launcher == "local":  # one after the other: they share this machine
+    procs: list[subprocess.Popen] = []
+
+    def _stop(signum, frame):  # SIGTERM: stop our multiruns too (queued SLURM jobs carry on)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        for cmd, _, _ in plans:
+            _err("$ " + display_command(cmd))
+            proc = subprocess.Popen(cmd, stdout=out)
+            procs.append(proc)
+            if args.launcher == "local":  # one after the other: they share this machine
+                proc.wait()
+        for proc in procs:
             proc.wait()
-        procs.append(proc)
-    for proc in procs:
-        proc.wait()
+    except KeyboardInterrupt:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            proc.wait()
+        _err("interrupted; SLURM jobs already submitted keep running (see squeue); rerun to resume")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
     for (cmd, sweep_dir, block_runs), proc in zip(plans, procs):
         jobs = _submitit_jobs(sweep_dir) if args.launcher == "slurm" else {}

@@ -47,6 +47,11 @@ OmegaConf.register_new_resolver(
     "eightfold.launch_id", lambda: f"{os.getpid()}-{os.urandom(2).hex()}", use_cache=True, replace=True
 )
 
+# GPUs a SLURM job asks for: trainer.devices on gpu trainers, none for trainer=cpu.
+OmegaConf.register_new_resolver(
+    "eightfold.gpus", lambda accelerator, devices: devices if accelerator in ("gpu", "cuda") else 0, replace=True
+)
+
 CONF_DIR = Path(os.environ.get("EIGHTFOLD_CONF", Path(__file__).resolve().parents[2] / "conf"))
 
 
@@ -74,7 +79,10 @@ def _build_trainer(cfg: DictConfig, directory: Path):
             plugins.append(SLURMEnvironment(auto_requeue=False))
     except ImportError:  # pragma: no cover
         pass
-    logger = L.pytorch.loggers.CSVLogger(directory, name="logs", version="")
+    # Flush metrics as often as checkpoints: a requeued run loses no rows before its checkpoint.
+    logger = L.pytorch.loggers.CSVLogger(
+        directory, name="logs", version="", flush_logs_every_n_steps=cfg.checkpoint_every_n_steps
+    )
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, plugins=plugins, logger=logger, default_root_dir=directory
     )
@@ -91,7 +99,10 @@ def run(cfg: DictConfig) -> dict:
         return {**done, "skipped": True}
 
     directory.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(directory / ".lock"))
+    # Under srun every DDP rank runs this function: each rank takes its own lock, so the
+    # ranks of one job never shut each other out (two *jobs* still contend for rank 0's).
+    rank = int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")))
+    lock = filelock.FileLock(str(directory / (".lock" if rank == 0 else f".lock.rank{rank}")))
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:

@@ -236,7 +236,7 @@ def _decode_chunk(
     for t in range(steps):
         tokens = _choose(logits, noise[alive, t], temperature, top_p)
         done = (tokens == eos_id) | (budget[alive] <= t + 1)
-        for r, tok, d in zip(alive.tolist(), tokens.tolist(), done.tolist()):
+        for r, tok in zip(alive.tolist(), tokens.tolist()):
             if tok != eos_id and len(results[r]) < budgets[r // m]:
                 results[r].append(tok)
         keep = (~done).nonzero().squeeze(-1)
