@@ -180,7 +180,7 @@ def test_slurm_launcher_follows_the_trainer_for_ddp():
     assert ddp._target_.endswith("SlurmLauncher")
     assert (ddp.tasks_per_node, ddp.nodes, ddp.gpus_per_node) == (8, 2, 8)
     cpu = _launcher("trainer=cpu")
-    assert (cpu.tasks_per_node, cpu.nodes) == (1, 1)
+    assert (cpu.tasks_per_node, cpu.nodes, cpu.gpus_per_node) == (1, 1, 0)  # CPU runs ask for no GPU
     # timeouts requeue (the run resumes from last.ckpt): must not be 0
     assert cpu.max_num_timeout > 0 and cpu.signal_delay_s > 0
     assert (
@@ -206,7 +206,7 @@ def test_dry_run_lists_runs_and_command(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "3 run(s): 3 pending" in proc.stdout
     assert "data.size=32,48,64" in proc.stdout
-    assert "hydra/launcher=slurm" in proc.stdout and "hydra.launcher.gpus_per_node=0" in proc.stdout
+    assert "hydra/launcher=slurm" in proc.stdout
     assert not (tmp_path / "root" / "multirun").exists()  # nothing ran
 
 
@@ -301,8 +301,7 @@ def test_slurm_sweep_three_sizes_then_resubmit_skips_all(partition, tmp_path, re
     # the plain Hydra multirun on SLURM: jobs run, and the app skips each finished run
     plain = subprocess.run(
         [sys.executable, "-m", "eightfold.train", "-m", "experiment=smoke", QUIET, "data.size=32,48,64",
-         f"paths.root={root}", "hydra/launcher=slurm", f"hydra.launcher.partition={partition}",
-         "hydra.launcher.gpus_per_node=0"],
+         f"paths.root={root}", "hydra/launcher=slurm", f"hydra.launcher.partition={partition}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert plain.returncode == 0, plain.stderr[-3000:]

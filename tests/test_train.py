@@ -20,6 +20,11 @@ def _losses(directory):
         return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
+def _logged_steps(directory):
+    with open(directory / "logs" / "metrics.csv") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
 def test_smoke_run_trains_writes_result_and_skips(smoke_cfg):
     cfg = smoke_cfg("trainer.max_steps=60", "trainer.log_every_n_steps=5")
     result = run(cfg)
@@ -62,6 +67,8 @@ def test_crashed_run_resumes_from_last_checkpoint(smoke_cfg, monkeypatch):
     result = run(cfg)
     assert result["resumed_from_step"] == 20  # the last checkpoint before the crash, not step 0
     assert result["train_steps"] == 40
+    steps = _logged_steps(directory)
+    assert steps[0] < 20 and steps[-1] >= 35  # one metrics.csv across the crash and the resume
     assert not (directory / FAILED).exists()
 
 

@@ -59,7 +59,7 @@ def _build_trainer(cfg: DictConfig, directory: Path):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from eightfold.checkpointing import AtomicCheckpointIO
+    from eightfold.checkpointing import AtomicCheckpointIO, ResumableCSVLogger
 
     callbacks = [
         ModelCheckpoint(
@@ -80,7 +80,7 @@ def _build_trainer(cfg: DictConfig, directory: Path):
     except ImportError:  # pragma: no cover
         pass
     # Flush metrics as often as checkpoints: a requeued run loses no rows before its checkpoint.
-    logger = L.pytorch.loggers.CSVLogger(
+    logger = ResumableCSVLogger(
         directory, name="logs", version="", flush_logs_every_n_steps=cfg.checkpoint_every_n_steps
     )
     trainer: L.Trainer = instantiate(
