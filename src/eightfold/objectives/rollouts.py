@@ -349,9 +349,9 @@ def rollout_negatives(
     scored: dict[tuple[int, str], tuple[int, list[bool], list[str]]] = {}
     alive = [n for n in items if len(n.steps) > 0]
     prompt_ids: dict[int, list[int]] = {}
-    engine = _VllmEngine(model_dir, seed) if backend == "vllm" else None
     if backend not in ("hf", "vllm"):
         raise ValueError(f"rollout backend {backend!r} is not valid: expected 'hf' or 'vllm'")
+    engine = _VllmEngine(model_dir, seed) if backend == "vllm" and alive else None
     while alive:
         stats.rounds += 1
         need: dict[tuple[int, str], None] = {}
@@ -406,13 +406,11 @@ class _VllmEngine:
 
     def __init__(self, model_dir: str | None, seed: int):
         try:
-            from vllm import LLM  # noqa: F401
-        except ImportError as err:  # pragma: no cover - depends on the machine
+            from vllm import LLM
+        except ImportError as err:  # depends on the machine
             raise RuntimeError("objective.rollout_backend=vllm needs the vllm package; use rollout_backend=hf") from err
         if model_dir is None:
             raise ValueError("the vllm rollout backend needs the SFT model directory")
-        from vllm import LLM
-
         self.llm = LLM(model=model_dir, enable_prefix_caching=True, seed=seed)
 
     def sample(self, ids, m, max_new_tokens, temperature, top_p, seeds):  # pragma: no cover - needs vllm
