@@ -20,9 +20,8 @@ COMMON = {"objective", "source", "n", "seed", "test_accuracy", "test_error", "co
           "samples", "positives", "negatives", "novel_positives", "spurious_positives", "sft_run"}
 
 # The smoke experiment, made able to produce right and wrong samples in seconds: SFT for 300
-# steps (the shared pi_sft), 8 samples per problem, 96 positions (the smoke 64 is shorter than
-# the current step format), no intermediate checkpoints.
-OVERRIDES = ["trainer.max_steps=300", "model.n_positions=96", "checkpoint_every_n_steps=100000", "objective.k=8"]
+# steps (the shared pi_sft), 8 samples per problem, no intermediate checkpoints.
+OVERRIDES = ["trainer.max_steps=300", "checkpoint_every_n_steps=100000", "objective.k=8"]
 
 
 @pytest.fixture(autouse=True, scope="module")
