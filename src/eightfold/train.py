@@ -258,11 +258,12 @@ def ensure_sft_model(cfg: DictConfig) -> Path:
 
 def _quiet_duplicate_lightning_logs() -> None:
     # Under Hydra the root logger already prints to the console and the run's log file;
-    # Lightning's own console handler would print every line twice.
+    # Lightning's own console handlers would print every line twice.
     if logging.getLogger().handlers:
-        for name in ("lightning.pytorch", "lightning.fabric"):
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             lg = logging.getLogger(name)
             lg.handlers = [h for h in lg.handlers if type(h) is not logging.StreamHandler]
+            lg.propagate = True
 
 
 def _scalar(value) -> bool:
