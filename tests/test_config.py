@@ -45,6 +45,7 @@ def test_config_hash_ignores_paths_and_workers_but_not_results(tmp_path):
         ("data.size=99999", "larger than the problem pool"),
         ("objective=nope", "Could not find 'objective/nope'"),
         ("data.task.modulus=8", "data.task.modulus=8 is not valid"),
+        ("data.source=self", "objective=rft objective.positives=self"),
     ],
 )
 def test_bad_overrides_stop_before_training(override, message, tmp_path: Path):

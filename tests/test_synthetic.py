@@ -205,7 +205,7 @@ def test_parse_rewrite_is_strict_and_bounded():
             "data.kind='procedural' does not fit data.source='gsm8k_teacher'",
         ),
         ({"label": "gold", "teacher": NOISY}, "data.label='gold' is not valid"),
-        ({"source": "self"}, "data.source='self' needs eightfold.data.self_generated"),
+        ({"source": "self"}, "data.source='self' is not valid"),
     ],
 )
 def test_bad_sources_name_the_value(kw, message):

@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 from eightfold.data.arithmetic import max_variables, pool_size
 
 # Kept in step with eightfold.data.synthetic.SOURCES (a test checks it); listed here so that
-# validation stays import-light. "self" is built by eightfold.data.self_generated.
-SOURCES = ("procedural", "procedural_teacher", "gsm8k_teacher", "math_teacher", "gsm8k", "math", "self")
+# validation stays import-light.
+SOURCES = ("procedural", "procedural_teacher", "gsm8k_teacher", "math_teacher", "gsm8k", "math")
 KINDS = ("procedural", "gsm8k", "math")
 
 
@@ -32,6 +32,12 @@ def validate_config(cfg: DictConfig) -> None:
     _positive_int(cfg.trainer.max_steps, "trainer.max_steps", "600")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed!r} is not valid: expected an integer, e.g. seed=0")
+    if data.source == "self":  # self-generated data needs pi_sft: it is an objective, not a file
+        raise ConfigError(
+            "data.source='self' is not a data source: training on the SFT model's own correct samples"
+            " is objective=rft objective.positives=self (sweep objective.positives=teacher,self,teacher+self"
+            " for the teacher-vs-self comparison)"
+        )
     if data.source not in SOURCES:
         raise ConfigError(f"data.source={data.source!r} is not valid: expected one of {', '.join(SOURCES)}")
     if data.kind not in KINDS:

@@ -73,7 +73,7 @@ TEACHER_SOURCES = {
     "math_teacher": "math",
 }
 REAL_SOURCES = {"gsm8k": "gsm8k", "math": "math"}
-SOURCES = ("procedural", *TEACHER_SOURCES, *REAL_SOURCES, "self")
+SOURCES = ("procedural", *TEACHER_SOURCES, *REAL_SOURCES)
 LABELS = ("reference", "teacher")
 STREAM_NS, DSYN_NS = "teacher", "dsyn"
 
@@ -352,20 +352,6 @@ def build_split(
     """(train examples, test examples, info) for every non-procedural source."""
     from eightfold.data.datamodule import Example, procedural_split
 
-    if source == "self":
-        return _self_split(
-            source=source,
-            kind=kind,
-            size=size,
-            seed=seed,
-            test_size=test_size,
-            test_seed=test_seed,
-            task=task,
-            train_file=train_file,
-            test_file=test_file,
-            cache_dir=cache_dir,
-            **options,
-        )
     expected = {**TEACHER_SOURCES, **REAL_SOURCES}.get(source)
     if expected is None:
         raise ValueError(
@@ -584,17 +570,3 @@ def synthetic_dataset(
         stats["example_verdicts"],
     )
     return records, info
-
-
-def _self_split(**config: Any) -> tuple[list, list, dict]:
-    """The hook for ``data.source=self``: the SFT model's own samples, built by the objectives
-    work on top of the same cache. Expected: ``eightfold.data.self_generated.build_self_split(**config)``
-    returning (train examples, test examples, info), with the test set of the task."""
-    try:
-        from eightfold.data.self_generated import build_self_split
-    except ImportError:
-        raise ValueError(
-            "data.source='self' needs eightfold.data.self_generated.build_self_split, which this tree does"
-            f" not provide yet; valid sources now: {', '.join(s for s in SOURCES if s != 'self')}"
-        ) from None
-    return build_self_split(**config)
