@@ -1,6 +1,6 @@
 """Monte Carlo step values, the first pit, and the rollout engine that computes them cheaply.
 
-Definitions (docs/objectives.md, "per-step DPO"; paper.md §3.4; objectives.md §2.4):
+Definitions (README "Objectives", "Definitions (per-step DPO)"; paper.md §3.4; objectives.md §2.4):
 
 * A negative y = (y_1 .. y_L) is split with ``verify.split_steps`` (the answer line is step L).
   Prefix i = the prompt followed by the first i steps, i = 0..L. Prefix L is the whole (wrong)
