@@ -11,7 +11,7 @@ from eightfold.rundir import config_hash, run_dir
 from tests.conftest import REPO, compose_cfg, run_cli
 
 
-@pytest.mark.parametrize("experiment", ["smoke", "cpu_default"])
+@pytest.mark.parametrize("experiment", ["smoke", "cpu_default", "cpu_hard"])
 def test_experiments_compose_and_instantiate(experiment, tmp_path):
     cfg = compose_cfg([f"experiment={experiment}", f"paths.root={tmp_path}"])
     dm = instantiate(cfg.data, _convert_="all")
