@@ -10,7 +10,7 @@ ROOT ?= $(CURDIR)/results/cpu_default
 # first (make install TORCH_SPEC=torch), the project's range accepts it.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: help install demo test test-fast test-slurm lint clean
+.PHONY: help install demo test test-fast test-slurm lint clean gpu-wheels
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -44,6 +44,13 @@ test-slurm: install  ## start a real single-node SLURM, run the tests marked slu
 	source "$${SLURM_CI_DIR:-/tmp/eightfold-slurm}/env"; \
 	EIGHTFOLD_REQUIRE_SLURM=1 EIGHTFOLD_SLURM_PARTITION=$$partition timeout 1800 $(BIN)/pytest -m slurm -q; rc=$$?; \
 	bash scripts/stop-slurm.sh; exit $$rc
+
+gpu-wheels:  ## wheels the lent GPU image lacks, into .whl/ (benchmarks/gpu_check.sh; Python 3.12, x86-64)
+	mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	    hydra-core==1.3.8 omegaconf==2.3.1 submitit==1.5.4 hydra-submitit-launcher==1.2.0 cloudpickle PyYAML
+	$(PY) -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3  # sdist only: build the pure-Python wheel
 
 lint:  ## ruff
 	$(BIN)/ruff check src analysis tests benchmarks

@@ -92,7 +92,8 @@ def test_every_variant_is_finite_scalar_and_validated():
 def test_nll_term_and_awr_weights():
     logps = torch.tensor([[-1.0, -3.0, 0.0]])
     mask = torch.tensor([[True, True, False]])
-    assert nll_term(logps, mask).item() == pytest.approx(2.0)
+    # two chosen sequences: log-prob sums -4 (2 tokens) and -2 (3 tokens) -> 6 nats over 5 tokens
+    assert nll_term(torch.tensor([-4.0, -2.0]), torch.tensor([2.0, 3.0])).item() == pytest.approx(1.2)
     w = awr_weights(torch.tensor([0.0, -0.2, 0.1, 1.0]), beta=0.1, max_weight=20.0)
     assert w.tolist() == pytest.approx([1.0, math.exp(-2), math.exp(1), 20.0])
     weights = torch.tensor([[2.0, 0.5, 7.0]])

@@ -67,11 +67,11 @@ def test_dpo_trains_bounded_epochs_and_computes_reference_logps_once(root, monke
     calls = []
     original = pairs_mod.reference_logps
 
-    def counting(model, items, pad_id, batch_size=128):
+    def counting(model, items, pad_id, batch_size=128, chunk_size=None):
         forwards = []
         hook = model.register_forward_hook(lambda *a: forwards.append(1))
         try:
-            out = original(model, items, pad_id, batch_size)
+            out = original(model, items, pad_id, batch_size, chunk_size)
         finally:
             hook.remove()
         calls.append((len(items), len(forwards)))

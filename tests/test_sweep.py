@@ -28,6 +28,8 @@ from eightfold.sweep import (
     expand,
     hydra_value,
     load_sweep,
+    packed_job_parameters,
+    split_blocks,
     split_top_level,
 )
 from eightfold.train import CONF_DIR
@@ -144,7 +146,8 @@ def test_cli_overrides_replace_axes_and_add_fixed_values(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "count"),
-    [("cpu_default", 25), ("cpu_hard", 18), ("data_scaling", 60), ("data_source", 45), ("gsm8k_7b", 15)],
+    [("cpu_default", 25), ("cpu_hard", 18), ("data_scaling", 60), ("data_source", 45), ("gsm8k_7b", 15),
+     ("cpu_hard_seeds", 24), ("cpu_default_gpu", 25)],
 )
 def test_repo_sweep_files_expand_and_compose(name, count, tmp_path):
     """Each study file composes into valid, distinct runs (a dry run: nothing trains)."""
@@ -243,6 +246,57 @@ def test_local_sweep_runs_then_skips_finished_runs(tmp_path):
     assert "1 run(s): 1 finished" in only.stdout and "would run 0 of 1" in only.stdout
     summary = json.loads((root / "sweeps" / "two.summary.json").read_text())
     assert summary["counts"]["finished"] == 2
+
+
+def test_split_blocks_keeps_objectives_of_one_size_together(tmp_path):
+    spec = load_sweep(write_sweep(tmp_path / "g.yaml", grid={"objective": ["sft", "rft"], "data.size": [1, 2, 3],
+                                                          "seed": [0, 1]}))
+    runs = expand(spec)
+    (block,) = cartesian_blocks(runs, list(spec.grid))
+    parts = split_blocks([block], 3)
+    assert len(parts) == 3
+    assert sorted(r.index for _, rs in parts for r in rs) == [r.index for r in runs]  # a partition
+    for axes, rs in parts:
+        assert axes["objective"] == ["sft", "rft"] and len(axes["data.size"]) == 1
+        assert [r.values["objective"] for r in rs][:2] == ["sft", "sft"]  # SFT first, as Hydra numbers them
+    # nothing left to split: as many blocks as there are (size, seed) points
+    assert len(split_blocks([block], 64)) == 6
+
+
+def test_pack_and_jobs_errors_and_packed_job_parameters(tmp_path):
+    with pytest.raises(SweepError, match="pack=-1 is not valid"):
+        load_sweep(write_sweep(tmp_path / "p.yaml", grid={"seed": [0]}, pack=-1))
+    spec = load_sweep(write_sweep(tmp_path / "q.yaml", grid={"seed": [0]}, pack=4,
+                                  slurm={"timeout_min": 30, "gpus_per_node": 1, "array_parallelism": 8}))
+    spec.apply_cli(["hydra.launcher.partition=gpu", "hydra.launcher.signal_delay_s=60"])
+    assert packed_job_parameters(spec) == {
+        "tasks_per_node": 1, "nodes": 1, "timeout_min": 30, "gpus_per_node": 1,
+        "slurm_partition": "gpu", "slurm_signal_delay_s": 60,
+    }
+    bad = sweep_cli(str(tmp_path / "q.yaml"), "--jobs", "0", "--dry-run", cwd=tmp_path)
+    assert bad.returncode == 2 and "--jobs 0 is not valid" in bad.stderr
+    bad = sweep_cli(str(tmp_path / "q.yaml"), "--jobs", "2", "--launcher", "slurm", cwd=tmp_path)
+    assert bad.returncode == 2 and "'pack: N'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_local_sweep_with_parallel_jobs_trains_each_sft_once(tmp_path):
+    root = tmp_path / "root"
+    sweep = write_sweep(
+        tmp_path / "par.yaml",
+        overrides=["experiment=smoke", QUIET, "trainer.max_steps=60"],
+        grid={"objective": ["sft", "rft"], "data.size": [32, 48]},
+    )
+    proc = sweep_cli(str(sweep), "--root", str(root), "--jobs", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "in 2 multirun(s)" in proc.stderr
+    results = [read_result(d) for d in run_dirs(root).values()]
+    assert sorted((r["objective"], r["n"]) for r in results) == [("rft", 32), ("rft", 48), ("sft", 32), ("sft", 48)]
+    # every rft run started from the SFT run its own multirun trained before it (not a second one)
+    assert {r["sft_run"] for r in results if r["objective"] == "rft"} == {
+        d.name for d in run_dirs(root).values() if read_result(d)["objective"] == "sft"
+    }
+    assert len(multirun_dirs(root)) == 2
 
 
 # =============================================================================== real SLURM
@@ -378,6 +432,32 @@ def test_slurm_preempted_run_is_requeued_and_resumes_from_checkpoint(
     assert f"Requeued job {job_id}" in log
     assert log.count("Starting with JobEnvironment") == 2  # the same job ran twice
     assert f"(step {resumed})" in log or str(resumed) in log
+
+
+@pytest.mark.slurm
+def test_slurm_packed_sweep_runs_every_run_in_one_job(partition, tmp_path, record_property):
+    root = tmp_path / "root"
+    sweep = write_sweep(
+        tmp_path / "packed.yaml",
+        overrides=["experiment=smoke", QUIET],
+        grid={"data.size": [32, 48, 64]},
+        slurm={"timeout_min": 10, "cpus_per_task": 2},
+        pack=2,
+    )
+    t0 = time.monotonic()
+    proc = sweep_cli(str(sweep), "--root", str(root), "--launcher", "slurm",
+                     f"hydra.launcher.partition={partition}", cwd=tmp_path)
+    record_property("packed_3_runs_s", round(time.monotonic() - t0, 1))
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert sorted(read_result(d)["n"] for d in run_dirs(root).values()) == [32, 48, 64]
+    summary = json.loads((root / "sweeps" / "packed.summary.json").read_text())
+    (job,) = {r["slurm_job_id"] for r in summary["runs"]}  # one job for all three runs
+    assert sh.sacct_state(job) == "COMPLETED"
+    script = next(root.glob(f"multirun/packed_*_packed/{job}/{job}_submission.sh")).read_text()
+    assert f"#SBATCH --partition={partition}" in script and "#SBATCH --cpus-per-task=2" in script
+    # inside the job: the local sweep, one multirun per size, two at a time
+    log = next(root.glob(f"multirun/packed_*_packed/{job}/{job}_0_log.err")).read_text()
+    assert "running 3 in 3 multirun(s) (local)" in log and log.count("$ eightfold-train -m") == 3
 
 
 @pytest.mark.slurm

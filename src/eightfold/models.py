@@ -65,6 +65,31 @@ def tiny_gpt(
     return model, tokenizer
 
 
+def apply_lora(model: PreTrainedModel, lora: dict) -> PreTrainedModel:
+    """Wrap ``model`` in peft LoRA adapters (``{r, alpha, dropout, target_modules}``); only the
+    adapters train. ``merge_lora`` folds them back into plain weights for saving."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:  # pragma: no cover - peft is in the dev extra
+        raise ImportError("model.lora needs peft: pip install 'eightfold[lora]'") from err
+    unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
+    if unknown:
+        raise ValueError(f"model.lora has unknown keys {sorted(unknown)}: valid are r, alpha, dropout, target_modules")
+    config = LoraConfig(
+        r=int(lora.get("r", 16)),
+        lora_alpha=float(lora.get("alpha", 2 * int(lora.get("r", 16)))),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=lora.get("target_modules", "all-linear"),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
+    """A LoRA-wrapped model with its adapters merged into the base weights; others unchanged."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
 def hf_causal_lm(
     name: str,
     dtype: str = "auto",

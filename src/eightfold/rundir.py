@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 HASH_EXCLUDE = (
     "paths",
     "hydra",
+    "perf",  # packing / chunked log-probs / activation checkpointing: same numbers, faster
     "logger",
     "callbacks",
     "debug_name",

@@ -49,7 +49,7 @@ from typing import Any
 
 import yaml
 
-SPEC_KEYS = {"description", "overrides", "variants", "grid", "slurm"}
+SPEC_KEYS = {"description", "overrides", "variants", "grid", "slurm", "pack"}
 LAUNCHERS = ("local", "slurm")
 
 # statuses of a run, in the order the summary lists them
@@ -140,6 +140,7 @@ class SweepSpec:
     )  # name -> overrides, crossed with the grid
     grid: dict[str, list[str]] = field(default_factory=dict)  # key -> values, Hydra syntax
     slurm: dict[str, Any] = field(default_factory=dict)  # hydra.launcher.<key> -> value
+    pack: int = 0  # > 0: on SLURM, ONE job runs the whole sweep with this many runs at once
 
     def apply_cli(self, args: list[str]) -> None:
         """``K=A,B`` or a grid key replaces that axis; other overrides are added to every run."""
@@ -219,7 +220,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise SweepError(
             f"{path}: 'slurm' must map hydra.launcher keys to values, e.g. {{timeout_min: 60}}"
         )
+    pack = raw.get("pack") or 0
+    if not isinstance(pack, int) or isinstance(pack, bool) or pack < 0:
+        raise SweepError(f"{path}: pack={pack!r} is not valid: runs at once in one packed job, e.g. pack: 8")
     return SweepSpec(
+        pack=pack,
         name=path.stem,
         path=path,
         description=str(raw.get("description") or "").strip(),
@@ -341,6 +346,32 @@ def cartesian_blocks(
     return blocks
 
 
+def split_blocks(
+    blocks: list[tuple[dict[str, list[str]], list[Run]]], jobs: int
+) -> list[tuple[dict[str, list[str]], list[Run]]]:
+    """Split cartesian blocks until there are at least ``jobs`` of them (for parallel multiruns).
+
+    Splits along the longest axis other than ``objective``: the objectives of one (size, seed)
+    stay in one multirun, in grid order, so the SFT run they start from is trained once, first,
+    by the multirun that needs it. Larger blocks first: they set the wall time.
+    """
+    blocks = list(blocks)
+    while len(blocks) < jobs:
+        best = None
+        for i, (axes, _) in enumerate(blocks):
+            for key, values in axes.items():
+                if key != "objective" and len(values) > 1 and (best is None or len(values) > best[2]):
+                    best = (i, key, len(values))
+        if best is None:
+            break
+        i, key, _ = best
+        axes, block_runs = blocks.pop(i)
+        for value in axes[key]:
+            sub_axes = {**axes, key: [value]}
+            blocks.append((sub_axes, [r for r in block_runs if r.values[key] == value]))
+    return sorted(blocks, key=lambda b: -len(b[1]))
+
+
 # ----------------------------------------------------------------------------- commands
 def launcher_overrides(spec: SweepSpec, launcher: str, runs: list[Run]) -> list[str]:
     if launcher != "slurm":
@@ -381,6 +412,48 @@ def display_command(cmd: list[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- SLURM
+# hydra.launcher keys that submitit's AutoExecutor takes as they are; the rest get "slurm_".
+_GENERIC_SUBMITIT = {"timeout_min", "mem_gb", "nodes", "cpus_per_task", "gpus_per_node", "tasks_per_node",
+                     "stderr_to_stdout", "name"}
+
+
+def packed_job_parameters(spec: SweepSpec) -> dict[str, Any]:
+    """submitit parameters of a packed job: the sweep's ``slurm`` block and the command line's
+    ``hydra.launcher.*`` overrides, in hydra-submitit-launcher's names (one task, many runs)."""
+    params = dict(spec.slurm)
+    for o in spec.overrides:
+        if o.startswith("hydra.launcher."):
+            key, value = o[len("hydra.launcher."):].split("=", 1)
+            params[key] = yaml.safe_load(value)
+    out: dict[str, Any] = {"tasks_per_node": 1, "nodes": 1}
+    for key, value in params.items():
+        if value is None or key in ("array_parallelism", "submitit_folder", "tasks_per_node", "nodes"):
+            continue
+        out[key if key in _GENERIC_SUBMITIT else f"slurm_{key}"] = value
+    return out
+
+
+def run_packed(spec: SweepSpec, args: argparse.Namespace, root: Path, stamp: str) -> tuple[str, str]:
+    """Submit ONE SLURM job that runs this sweep locally with ``--jobs spec.pack`` (small runs
+    sharing one GPU node), wait for it; returns (job id, log path)."""
+    import submitit
+
+    folder = root / "multirun" / f"{spec.name}_{stamp}_{os.getpid()}_packed"
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    executor.update_parameters(**packed_job_parameters(spec))
+    inner = [sys.executable, "-m", "eightfold.sweep", str(Path(spec.path).resolve()), "--launcher", "local",
+             "--jobs", str(spec.pack), "--root", str(root)]
+    inner += [o for o in args.overrides if not (o.startswith("hydra.launcher.") or o.startswith("hydra/launcher"))]
+    inner += [x for p in args.only for x in ("--only", p)]
+    job = executor.submit(submitit.helpers.CommandFunction(inner, cwd=os.getcwd()))
+    _err(f"packed job {job.job_id}: {shlex.join(['eightfold-sweep', *inner[3:]])}")
+    try:
+        job.result()
+    except Exception as err:  # noqa: BLE001 - the runs' own files say what finished
+        _err(f"packed job {job.job_id} ended with an error: {str(err).splitlines()[0] if str(err) else err!r}")
+    return str(job.job_id), str(job.paths.stderr)
+
+
 _JOB_DIR = re.compile(r"^(\d+)(?:_(\d+))?$")
 
 
@@ -521,6 +594,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="print the runs, their status and the commands; run nothing",
     )
     p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local: run N multiruns at once, each with cpus/N torch threads (one GPU or a "
+        "many-core box shared by small runs); the runs are split along data.size / seed",
+    )
+    p.add_argument(
         "--only",
         action="append",
         default=[],
@@ -569,10 +650,19 @@ def main(argv: list[str] | None = None) -> int:
     todo = [r for r in selected if r.status in (FAILED, PARTIAL, PENDING)]
     invalid = [r for r in selected if r.status == INVALID]
 
+    if args.jobs < 1:
+        _err(f"error: --jobs {args.jobs} is not valid: a positive number of parallel multiruns")
+        return 2
+    if args.jobs > 1 and args.launcher != "local":
+        _err("error: --jobs is for --launcher local (on SLURM every run is its own job, or set "
+             "'pack: N' in the sweep file to run N at once in one job)")
+        return 2
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     blocks = []
     for name in dict.fromkeys(r.variant for r in todo):  # one set of multiruns per variant
         blocks += cartesian_blocks([r for r in todo if r.variant == name], list(spec.grid))
+    if args.jobs > 1:
+        blocks = split_blocks(blocks, args.jobs)
     plans = []
     for b, (axes, block_runs) in enumerate(blocks):
         sweep_dir = root / "multirun" / f"{spec.name}_{stamp}_{os.getpid()}_{b}"
@@ -588,9 +678,13 @@ def main(argv: list[str] | None = None) -> int:
         print_table(selected, f"sweep {spec.name} ({spec.path})")
         if invalid:
             print(f"{len(invalid)} run(s) have an invalid config (see 'error:' above)")
-        print(
-            f"would run {len(todo)} of {len(selected)} (finished runs are skipped) in {len(plans)} multirun(s):"
-        )
+        if args.launcher == "slurm" and spec.pack:
+            print(f"would run {len(todo)} of {len(selected)} in ONE packed SLURM job ({spec.pack} at once), "
+                  f"which runs these multiruns (--launcher local --jobs {spec.pack}):")
+            plans = [(build_command(spec, axes, root, root, "local", rs), None, rs)
+                     for axes, rs in split_blocks(blocks, spec.pack)]
+        else:
+            print(f"would run {len(todo)} of {len(selected)} (finished runs are skipped) in {len(plans)} multirun(s):")
         for cmd, _, _ in plans:
             print("  " + display_command(cmd))
         return 2 if invalid else 0
@@ -603,6 +697,13 @@ def main(argv: list[str] | None = None) -> int:
         write_summary(spec, selected, root, args.launcher, [])
         return 0
 
+    if args.launcher == "slurm" and spec.pack:
+        _err(f"{spec.name}: running {len(todo)} run(s) in one packed SLURM job, {spec.pack} at once")
+        job_id, job_log = run_packed(spec, args, root, stamp)
+        for r in todo:
+            r.status, r.error = _status_of(r.run_dir)
+            r.job_id, r.log = job_id, job_log
+        return _report(spec, selected, root, args.launcher, [f"packed SLURM job {job_id}"])
     _err(
         f"{spec.name}: {len(selected) - len(todo)} of {len(selected)} run(s) finished; running {len(todo)} "
         f"in {len(plans)} multirun(s) ({args.launcher})"
@@ -617,13 +718,16 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _stop)
+    env = dict(os.environ)
+    if args.jobs > 1 and "OMP_NUM_THREADS" not in env:  # N processes must not each spin on every core
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
     try:
         for cmd, _, _ in plans:
+            if args.launcher == "local":  # at most --jobs at once: they share this machine
+                while sum(p.poll() is None for p in procs) >= args.jobs:
+                    time.sleep(0.2)
             _err("$ " + display_command(cmd))
-            proc = subprocess.Popen(cmd, stdout=out)
-            procs.append(proc)
-            if args.launcher == "local":  # one after the other: they share this machine
-                proc.wait()
+            procs.append(subprocess.Popen(cmd, stdout=out, env=env))
         for proc in procs:
             proc.wait()
     except KeyboardInterrupt:
@@ -653,10 +757,15 @@ def main(argv: list[str] | None = None) -> int:
         if r.status in (PENDING, PARTIAL) and not r.error:
             r.error = "did not finish (no result.json): see the log"
 
+    return _report(spec, selected, root, args.launcher, [display_command(c) for c, _, _ in plans])
+
+
+def _report(spec: SweepSpec, selected: list[Run], root: Path, launcher: str, commands: list[str]) -> int:
+    for r in selected:
+        if r.status in (PENDING, PARTIAL) and not r.error:
+            r.error = "did not finish (no result.json): see the log"
     print_table(selected, f"sweep {spec.name}")
-    summary = write_summary(
-        spec, selected, root, args.launcher, [display_command(c) for c, _, _ in plans]
-    )
+    summary = write_summary(spec, selected, root, launcher, commands)
     not_done = [r for r in selected if r.status != FINISHED]
     if not_done:
         print(

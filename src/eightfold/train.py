@@ -89,8 +89,11 @@ def _build_trainer(cfg: DictConfig, directory: Path):
     return trainer
 
 
-def run(cfg: DictConfig) -> dict:
-    """Run one experiment; returns its result dict (also written to ``result.json``)."""
+def run(cfg: DictConfig, wait: bool = False) -> dict:
+    """Run one experiment; returns its result dict (also written to ``result.json``).
+
+    A run locked by another process is skipped, or with ``wait`` waited for (then read).
+    """
     validate_config(cfg)
     directory = run_dir(cfg)
     done = read_result(directory)
@@ -106,9 +109,15 @@ def run(cfg: DictConfig) -> dict:
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
-        log.warning("skip: %s is running in another process (lock held)", directory)
-        return {"status": "running_elsewhere", "run_dir": str(directory)}
+        if not wait:
+            log.warning("skip: %s is running in another process (lock held)", directory)
+            return {"status": "running_elsewhere", "run_dir": str(directory)}
+        log.info("waiting for %s: it is running in another process", directory)
+        lock.acquire()
     try:
+        done = read_result(directory)  # finished while we waited for the lock
+        if done is not None:
+            return {**done, "skipped": True}
         return _run_locked(cfg, directory)
     except Exception as err:
         write_json_atomic(
@@ -133,6 +142,7 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
     import lightning as L
 
     from eightfold.evaluate import evaluate
+    from eightfold.models import apply_lora, merge_lora
 
     t0 = time.perf_counter()
     log.info("run dir: %s", directory)
@@ -142,12 +152,17 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_examples()
-    model, tokenizer = instantiate(cfg.model)
+    lora = cfg.model.get("lora")
+    model, tokenizer = instantiate({k: v for k, v in cfg.model.items() if k != "lora"})
     datamodule.tokenizer = tokenizer
     check_context_fits(datamodule, model, tokenizer)
     module = instantiate(cfg.objective.module, model=model, tokenizer=tokenizer, _convert_="all")
+    apply_perf(cfg.perf, model, datamodule, module)
+    data_time = time.perf_counter() - t0
     if hasattr(module, "prepare_data_for_run"):  # RFT / DPO build their data from pi_sft here
         module.prepare_data_for_run(cfg, datamodule, directory)
+    if lora:  # after pi_sft's weights are in: the adapters train on top of them
+        model = module.model = apply_lora(model, OmegaConf.to_container(lora))
 
     _quiet_duplicate_lightning_logs()
     trainer = _build_trainer(cfg, directory)
@@ -161,6 +176,7 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
 
     result: dict = {}
     if trainer.global_rank == 0:
+        model = merge_lora(model)  # saved and evaluated as plain weights
         if cfg.save_model:
             save_model_atomic(model, tokenizer, directory / MODEL_DIR)
         device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto") else "cpu"
@@ -185,6 +201,7 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
             "resumed_from_step": resumed_from_step,
             "final_train_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
             "num_params": sum(p.numel() for p in model.parameters()),
+            "data_time_s": round(data_time, 3),
             "train_time_s": round(train_time, 3),
             "eval_time_s": round(eval_time, 3),
             "wall_time_s": round(time.perf_counter() - t0, 3),
@@ -198,6 +215,26 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
             result["test_accuracy"], cfg.data.size, cfg.objective.name, result["wall_time_s"], directory / RESULT,
         )
     return result
+
+
+def apply_perf(perf: DictConfig, model, datamodule, module) -> None:
+    """The speed knobs of ``perf.*`` (README "Performance"): none of them changes what is computed."""
+    if perf.packing:
+        context = getattr(model.config, "max_position_embeddings", None)
+        length = perf.pack_length or context
+        if not length:
+            raise ConfigError("perf.packing=true needs perf.pack_length: this model reports no context length")
+        if context and length > context:
+            raise ConfigError(f"perf.pack_length={length} exceeds the model's context of {context} tokens")
+        datamodule.pack_length = module.pack_length = int(length)
+    if perf.logits_chunk_size is not None:
+        if int(perf.logits_chunk_size) < 1:
+            raise ConfigError(f"perf.logits_chunk_size={perf.logits_chunk_size} is not valid: a positive number of tokens or null")
+        module.logits_chunk_size = int(perf.logits_chunk_size)
+    if perf.gradient_checkpointing:
+        # transformers 5 renamed the switch; 4.x only has the old name
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def check_context_fits(datamodule, model, tokenizer) -> None:
@@ -250,9 +287,9 @@ def ensure_sft_model(cfg: DictConfig) -> Path:
         if read_result(directory) is not None:  # finished without a saved model: redo it
             (directory / RESULT).unlink()
         log.info("training the SFT model this run starts from: %s", directory)
-        out = run(base)
-        if out.get("status") == "running_elsewhere":
-            raise RuntimeError(f"the SFT run {directory} is running in another process; retry when it is done")
+        run(base, wait=True)  # another process training it (a parallel sweep): wait, then reuse
+        if not (directory / MODEL_DIR).is_dir():
+            raise RuntimeError(f"the SFT run {directory} finished without a saved model (save_model=false?)")
     return directory / MODEL_DIR
 
 

@@ -64,8 +64,15 @@ class TokenizedPairs(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def collate_sft(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids with labels = -100 on prompt and padding: loss on solution tokens only."""
+def collate_sft(
+    batch: list[tuple[list[int], list[int]]], pad_id: int, pack_length: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-padded ids with labels = -100 on prompt and padding: loss on solution tokens only.
+
+    With ``pack_length``, padding-free rows instead (:func:`pack_sequences`).
+    """
+    if pack_length:
+        return pack_sequences(batch, pad_id, pack_length)
     width = max(len(p) + len(r) for p, r in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -76,6 +83,52 @@ def collate_sft(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[s
         labels[i, len(p) : n] = torch.tensor(r)
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pack_sequences(
+    batch: list[tuple[list[int], list[int]]], pad_id: int, pack_length: int
+) -> dict[str, torch.Tensor]:
+    """Pack (prompt, response) sequences into rows of at most ``pack_length`` tokens (first fit,
+    in order), with ``position_ids`` restarting at 0 per sequence (transformers derives the
+    block-causal mask from them) and ``seq_ids`` = which sequence a token belongs to (-1: padding).
+
+    A row's first label of each sequence is a prompt token (-100), so the next-token shift never
+    scores a token of one sequence from the end of another.
+    """
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i, (p, r) in enumerate(batch):
+        n = len(p) + len(r)
+        if n > pack_length:
+            raise ValueError(f"a sequence of {n} tokens does not fit perf.pack_length={pack_length}")
+        for j, u in enumerate(used):
+            if u + n <= pack_length:
+                rows[j].append(i)
+                used[j] += n
+                break
+        else:
+            rows.append([i])
+            used.append(n)
+    width = max(used)
+    shape = (len(rows), width)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, -100, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    seq_ids = torch.full(shape, -1, dtype=torch.long)
+    for row, members in enumerate(rows):
+        at = 0
+        for i in members:
+            p, r = batch[i]
+            n = len(p) + len(r)
+            ids[row, at : at + n] = torch.tensor(p + r)
+            labels[row, at + len(p) : at + n] = torch.tensor(r)
+            positions[row, at : at + n] = torch.arange(n)
+            seq_ids[row, at : at + n] = i
+            at += n
+        # trailing padding continues the last sequence's positions (no new segment); it is never
+        # scored and, being later, never seen by a real token
+        positions[row, at:] = torch.arange(n, n + width - at)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "seq_ids": seq_ids}
 
 
 class MathDataModule(L.LightningDataModule):
@@ -111,6 +164,7 @@ class MathDataModule(L.LightningDataModule):
         )
         self.data_info: dict = {}  # statistics + provenance of the training data (teacher sources)
         self.tokenizer = None
+        self.pack_length: int | None = None  # perf.packing: padding-free rows (set by the run)
         self.train_examples: list[Example] = []
         self.test_examples: list[Example] = []
 
@@ -144,6 +198,6 @@ class MathDataModule(L.LightningDataModule):
             shuffle=True,
             generator=g,
             num_workers=self.num_workers,
-            collate_fn=functools.partial(collate_sft, pad_id=self.tokenizer.pad_token_id),
+            collate_fn=functools.partial(collate_sft, pad_id=self.tokenizer.pad_token_id, pack_length=self.pack_length),
             drop_last=len(ds) > self.batch_size,
         )

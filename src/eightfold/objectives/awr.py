@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from eightfold.generation import encode_prompt
-from eightfold.objectives.base import PolicyModule, token_logps
+from eightfold.objectives.base import PolicyModule, model_token_logps
 from eightfold.objectives.dpo import StepBudgetMixin
 from eightfold.objectives.losses import awr_weights, weighted_nll
 from eightfold.objectives.step_dpo import pit_analysis, step_pairs
@@ -155,8 +155,7 @@ class AWRModule(StepBudgetMixin, PolicyModule):
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        tok, mask = token_logps(logits, batch["labels"])
+        tok, mask = model_token_logps(self.model, batch, self.logits_chunk_size)
         loss = weighted_nll(tok, batch["weights"][:, 1:], mask)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss

@@ -7,6 +7,7 @@ import math
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -23,11 +24,63 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     return logps * mask, mask
 
 
-def sequence_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Packed rows carry position_ids that restart at 0 for each sequence and no attention mask:
+    # transformers then builds the block-causal mask itself (one sequence never sees another),
+    # but only when no KV cache is made (use_cache=False; a scoring pass never needs one).
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+
+
+def model_token_logps(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], chunk_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward ``model`` on a (padded or packed) batch: per-token log-probs of the labels and their mask.
+
+    The one log-prob path of every objective and of the reference pass. With ``chunk_size`` the
+    [batch, tokens, vocab] logits are never built: the LM head runs only on the scored positions,
+    ``chunk_size`` of them at a time, each chunk recomputed in backward instead of stored (a
+    150k vocabulary would otherwise dominate memory). Same values as the full path (tested).
+    """
+    if not chunk_size:
+        return token_logps(model(**_model_inputs(batch)).logits, batch["labels"])
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the LM
+    hidden = lm.base_model(**_model_inputs(batch)).last_hidden_state[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    head = lm.get_output_embeddings()
+    scored, targets = hidden[mask], labels[mask]
+
+    def chunk_logps(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = head(h).float()
+        return logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+    pieces = [
+        checkpoint(chunk_logps, scored[i : i + chunk_size], targets[i : i + chunk_size], use_reentrant=False)
+        if torch.is_grad_enabled() else chunk_logps(scored[i : i + chunk_size], targets[i : i + chunk_size])
+        for i in range(0, scored.shape[0], chunk_size)
+    ]
+    flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, flat)
+    return out, mask
+
+
+def sequence_sums(values: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-sequence sums of per-token ``values`` ([rows, T-1], label-aligned): one per row of a
+    padded batch, one per ``seq_ids`` entry of a packed batch (sequences in collate order)."""
+    if "seq_ids" not in batch:
+        return values.sum(-1)
+    ids = batch["seq_ids"][:, 1:]
+    n = int(batch["seq_ids"].max()) + 1
+    keep = ids >= 0
+    return values.new_zeros(n).index_add(0, ids[keep], values[keep])
+
+
+def sequence_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor], chunk_size: int | None = None) -> torch.Tensor:
     """Sum of log-probs of the scored (response) tokens of each sequence."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logps, _ = token_logps(logits, batch["labels"])
-    return logps.sum(-1)
+    logps, _ = model_token_logps(model, batch, chunk_size)
+    return sequence_sums(logps, batch)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
@@ -57,6 +110,9 @@ class PolicyModule(L.LightningModule):
         self.model, self.tokenizer = model, tokenizer
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
+        # Speed knobs set by the run from `perf.*` (never change the numbers beyond float order).
+        self.logits_chunk_size: int | None = None
+        self.pack_length: int | None = None
 
     def configure_optimizers(self):
         decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() >= 2]

@@ -27,7 +27,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from eightfold.objectives.base import PolicyModule, token_logps
+from eightfold.objectives.base import PolicyModule, model_token_logps, sequence_sums
 from eightfold.objectives.losses import LOSS_TYPES, dpo_losses, nll_term
 from eightfold.objectives.pairs import (
     PreferenceDataset,
@@ -116,7 +116,8 @@ class DPOModule(StepBudgetMixin, PolicyModule):
         pairs, stats = self.build_pairs(source)
         items = [tokenize_pair(self.tokenizer, p) for p in pairs]
         ref, ref_stats = cached_reference_logps(
-            source.model, items, self.tokenizer.pad_token_id, source.cache, source.fingerprint, self.ref_batch_size
+            source.model, items, self.tokenizer.pad_token_id, source.cache, source.fingerprint, self.ref_batch_size,
+            chunk_size=self.logits_chunk_size,
         )
         source.release()  # the frozen reference is not needed again: log-probs are in the dataset
         self.train_set = PreferenceDataset(items, ref)
@@ -139,14 +140,15 @@ class DPOModule(StepBudgetMixin, PolicyModule):
             batch_size=self.batch_size,
             shuffle=len(self.train_set) > 0,  # no pairs: an empty loader, Lightning trains 0 steps
             generator=torch.Generator().manual_seed(self.seed),
-            collate_fn=functools.partial(collate_preference, pad_id=self.tokenizer.pad_token_id),
+            collate_fn=functools.partial(
+                collate_preference, pad_id=self.tokenizer.pad_token_id, pack_length=self.pack_length
+            ),
         )
 
     # -- training ------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        tok, mask = token_logps(logits, batch["labels"])
-        seq, n_tok = tok.sum(-1), mask.sum(-1)
+        tok, mask = model_token_logps(self.model, batch, self.logits_chunk_size)
+        seq, n_tok = sequence_sums(tok, batch), sequence_sums(mask.to(tok.dtype), batch)
         b = batch["ref_chosen_logps"].shape[0]
         pc, pr = seq[:b], seq[b:]
         ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
@@ -156,7 +158,7 @@ class DPOModule(StepBudgetMixin, PolicyModule):
         )
         loss = losses.mean()
         if self.nll_weight:
-            loss = loss + self.nll_weight * nll_term(tok[:b], mask[:b])
+            loss = loss + self.nll_weight * nll_term(seq[:b], n_tok[:b])
         margin = (rc - rr).mean()
         chosen_logratio = (pc.detach() - ref_c).mean()
         metrics = {

@@ -82,9 +82,10 @@ def dpo_loss(
     return losses.mean()
 
 
-def nll_term(chosen_token_logps: torch.Tensor, chosen_mask: torch.Tensor) -> torch.Tensor:
-    """RPO's extra term: mean negative log-likelihood per scored chosen token."""
-    return -(chosen_token_logps * chosen_mask).sum() / chosen_mask.sum().clamp(min=1)
+def nll_term(chosen_logps: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:
+    """RPO's extra term: mean negative log-likelihood per scored chosen token, from each chosen
+    sequence's summed log-prob and its number of scored tokens (padded or packed batches alike)."""
+    return -chosen_logps.sum() / chosen_tokens.sum().clamp(min=1)
 
 
 def awr_weights(advantages: torch.Tensor, beta: float, max_weight: float = 20.0) -> torch.Tensor:

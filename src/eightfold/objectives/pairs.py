@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from eightfold.data.datamodule import collate_sft
 from eightfold.generation import encode_prompt
-from eightfold.objectives.base import token_logps
+from eightfold.objectives.base import sequence_logps
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,11 @@ def pairs_digest(items: Sequence[TokenizedPair]) -> str:
     return h.hexdigest()
 
 
-def collate_pairs(items: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """``input_ids``/``attention_mask``/``labels`` of shape [2B, W]: chosen rows, then rejected rows."""
+def collate_pairs(items: Sequence[TokenizedPair], pad_id: int, pack_length: int | None = None) -> dict[str, torch.Tensor]:
+    """``input_ids``/``attention_mask``/``labels`` of shape [2B, W]: chosen rows, then rejected rows
+    (packed: sequences 0..B-1 chosen, B..2B-1 rejected, see ``collate_sft``)."""
     rows = [(it.prompt, it.chosen) for it in items] + [(it.prompt, it.rejected) for it in items]
-    return collate_sft(rows, pad_id)
+    return collate_sft(rows, pad_id, pack_length)
 
 
 class PreferenceDataset(Dataset):
@@ -90,16 +91,18 @@ class PreferenceDataset(Dataset):
         return self.items[i], self.ref[i]
 
 
-def collate_preference(batch, pad_id: int) -> dict[str, torch.Tensor]:
+def collate_preference(batch, pad_id: int, pack_length: int | None = None) -> dict[str, torch.Tensor]:
     items = [b[0] for b in batch]
-    out = collate_pairs(items, pad_id)
+    out = collate_pairs(items, pad_id, pack_length)
     out["ref_chosen_logps"] = torch.tensor([b[1][0] for b in batch], dtype=torch.float32)
     out["ref_rejected_logps"] = torch.tensor([b[1][1] for b in batch], dtype=torch.float32)
     return out
 
 
 @torch.no_grad()
-def reference_logps(model, items: Sequence[TokenizedPair], pad_id: int, batch_size: int = 128) -> list[tuple[float, float]]:
+def reference_logps(
+    model, items: Sequence[TokenizedPair], pad_id: int, batch_size: int = 128, chunk_size: int | None = None
+) -> list[tuple[float, float]]:
     """Summed log-probs of chosen and rejected under ``model`` (frozen pi_sft), one pass."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -108,8 +111,7 @@ def reference_logps(model, items: Sequence[TokenizedPair], pad_id: int, batch_si
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        seq = token_logps(logits, batch["labels"])[0].sum(-1).float().cpu()
+        seq = sequence_logps(model, batch, chunk_size).float().cpu()
         b = len(chunk)
         out += list(zip(seq[:b].tolist(), seq[b:].tolist()))
     model.train(was_training)
@@ -117,7 +119,8 @@ def reference_logps(model, items: Sequence[TokenizedPair], pad_id: int, batch_si
 
 
 def cached_reference_logps(
-    model, items: Sequence[TokenizedPair], pad_id: int, cache_dir: Path, model_key: dict, batch_size: int = 128
+    model, items: Sequence[TokenizedPair], pad_id: int, cache_dir: Path, model_key: dict, batch_size: int = 128,
+    chunk_size: int | None = None,
 ) -> tuple[list[tuple[float, float]], dict]:
     """``reference_logps`` through the dataset cache: computed at most once per (pi_sft, pairs)."""
     from eightfold.data.cache import load_or_build
@@ -127,7 +130,7 @@ def cached_reference_logps(
 
     def build():
         t0 = time.perf_counter()
-        ref = reference_logps(model, items, pad_id, batch_size)
+        ref = reference_logps(model, items, pad_id, batch_size, chunk_size)
         built["time_s"] = round(time.perf_counter() - t0, 3)
         return [{"chosen": c, "rejected": r} for c, r in ref]
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from eightfold.objectives.base import PolicyModule, token_logps
+from eightfold.objectives.base import PolicyModule, model_token_logps
 
 
 class SFTModule(PolicyModule):
     name = "sft"
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logps, mask = token_logps(logits, batch["labels"])
+        logps, mask = model_token_logps(self.model, batch, self.logits_chunk_size)
         loss = -logps.sum() / mask.sum().clamp(min=1)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
