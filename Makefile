@@ -9,6 +9,9 @@ ROOT ?= $(CURDIR)/results/cpu_default
 # CPU wheel pinned: a plain `torch` pulls a multi-GB CUDA build. GPU users: install your torch
 # first (make install TORCH_SPEC=torch), the project's range accepts it.
 TORCH_SPEC ?= torch==2.13.0
+# Runs at once in the demo sweep (each with cpus/JOBS torch threads). 1 on a 2-core laptop: two
+# 1-thread runs side by side were slower than one 2-thread run (benchmarks/README.md).
+JOBS ?= 1
 
 .PHONY: help install demo test test-fast test-slurm lint clean gpu-wheels
 
@@ -27,7 +30,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed  ## create the virtual environment and install eightfold
 
 demo: install  ## run the default study end to end: sweep, results table, fits, plots, report
-	$(BIN)/eightfold-sweep sweeps/cpu_default.yaml --root $(ROOT)
+	$(BIN)/eightfold-sweep sweeps/cpu_default.yaml --root $(ROOT) --jobs $(JOBS)
 	$(BIN)/eightfold-analyze all $(ROOT) --out $(ROOT)/analysis
 	@echo "results: $(ROOT)/runs  report: $(ROOT)/analysis/report.md"
 

@@ -353,7 +353,8 @@ def split_blocks(
 
     Splits along the longest axis other than ``objective``: the objectives of one (size, seed)
     stay in one multirun, in grid order, so the SFT run they start from is trained once, first,
-    by the multirun that needs it. Larger blocks first: they set the wall time.
+    by the multirun that needs it. Likely-longest first (more runs, then larger data.size: the
+    objectives sample and roll out per problem), so no long block starts last and runs alone.
     """
     blocks = list(blocks)
     while len(blocks) < jobs:
@@ -369,7 +370,13 @@ def split_blocks(
         for value in axes[key]:
             sub_axes = {**axes, key: [value]}
             blocks.append((sub_axes, [r for r in block_runs if r.values[key] == value]))
-    return sorted(blocks, key=lambda b: -len(b[1]))
+    def size(axes: dict[str, list[str]]) -> float:
+        try:
+            return max(float(v) for v in axes.get("data.size", ["0"]))
+        except ValueError:
+            return 0.0
+
+    return sorted(blocks, key=lambda b: (-len(b[1]), -size(b[0])))
 
 
 # ----------------------------------------------------------------------------- commands
