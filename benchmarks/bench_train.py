@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import random
 import tempfile
 import time
@@ -81,7 +82,22 @@ def qwen_workload(batch_size: int, seq_len: int, n_batches: int, varied: bool, s
 
 
 # ----------------------------------------------------------------------------- plain loops
-def plain_sft(model, batches, steps, warmup, lr, device, precision) -> tuple[float, int]:
+def sft_loss(logits: torch.Tensor, b: dict) -> torch.Tensor:
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), b["labels"][:, 1:].flatten(), ignore_index=-100)
+
+
+def dpo_loss(logits: torch.Tensor, b: dict, beta: float = 0.1) -> torch.Tensor:
+    labels = b["labels"][:, 1:]
+    mask = labels != -100
+    logps = torch.log_softmax(logits[:, :-1].float(), -1).gather(2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    seq = (logps * mask).sum(-1)
+    n = seq.shape[0] // 2
+    margin = (seq[:n] - b["ref_chosen_logps"]) - (seq[n:] - b["ref_rejected_logps"])
+    return -F.logsigmoid(beta * margin).mean()
+
+
+def plain_loop(loss_fn, model, batches, steps, warmup, lr, device, precision) -> tuple[float, int]:
+    """The hand-written baseline: forward, loss, backward, clip, AdamW, schedule; nothing else."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1,
                             fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
@@ -95,41 +111,10 @@ def plain_sft(model, batches, steps, warmup, lr, device, precision) -> tuple[flo
         b = {k: v.to(device, non_blocking=True) for k, v in batches[step % len(batches)].items()}
         with autocast:
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), b["labels"][:, 1:].flatten(), ignore_index=-100)
-        loss.backward()
+        loss_fn(logits, b).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        opt.zero_grad(set_to_none=True)
-        if step >= warmup:
-            tokens += int(b["attention_mask"].sum())
-    sync(device)
-    return time.perf_counter() - t0, tokens
-
-
-def plain_dpo(model, batches, steps, warmup, lr, device, precision, beta=0.1) -> tuple[float, int]:
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0,
-                            fused=device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
-    model.train()
-    tokens, t0 = 0, None
-    for step in range(steps):
-        if step == warmup:
-            sync(device)
-            t0 = time.perf_counter()
-        b = {k: v.to(device, non_blocking=True) for k, v in batches[step % len(batches)].items()}
-        with autocast:
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
-        labels = b["labels"][:, 1:]
-        mask = labels != -100
-        logps = torch.log_softmax(logits[:, :-1].float(), -1).gather(2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        seq = (logps * mask).sum(-1)
-        n = seq.shape[0] // 2
-        margin = (seq[:n] - b["ref_chosen_logps"]) - (seq[n:] - b["ref_rejected_logps"])
-        loss = -F.logsigmoid(beta * margin).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
         opt.zero_grad(set_to_none=True)
         if step >= warmup:
             tokens += int(b["attention_mask"].sum())
@@ -273,7 +258,7 @@ def main() -> None:
         padded = build_batches(objective, tok, seqs, rejected, groups, None, ref)
         packed = build_batches(objective, tok, seqs, rejected, groups, pack_length, ref)
         tokens_padded = [real_tokens(b) for b in padded]
-        plain = plain_sft if objective == "sft" else plain_dpo
+        plain = functools.partial(plain_loop, sft_loss if objective == "sft" else dpo_loss)
         rows: dict[str, list[float]] = {}
 
         def record(name, seconds, tokens, rows=rows):

@@ -11,7 +11,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from eightfold.data.datamodule import collate_sft, pack_sequences
-from eightfold.models import tiny_gpt
+from eightfold.models import enable_activation_checkpointing, tiny_gpt
 from eightfold.objectives.base import model_token_logps, sequence_logps, sequence_sums
 from eightfold.objectives.pairs import TokenizedPair, collate_pairs, reference_logps
 from eightfold.rundir import MODEL_DIR, RESULT, run_dir
@@ -125,8 +125,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model.train()
     batch = collate_sft(random_sequences(8, seed=9), pad_id=0)
     _, plain = model_and_grads(model, batch)
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(model)
+    assert model.transformer.gradient_checkpointing  # really on (train mode)
     _, ckpt = model_and_grads(model, batch)
     for name, g in plain.items():
         torch.testing.assert_close(ckpt[name], g, rtol=1e-5, atol=1e-7)

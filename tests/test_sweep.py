@@ -146,7 +146,7 @@ def test_cli_overrides_replace_axes_and_add_fixed_values(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "count"),
-    [("cpu_default", 25), ("cpu_hard", 18), ("data_scaling", 60), ("data_source", 45), ("gsm8k_7b", 15),
+    [("cpu_default", 25), ("cpu_hard", 24), ("data_scaling", 60), ("data_source", 45), ("gsm8k_7b", 15),
      ("cpu_hard_seeds", 36), ("cpu_default_gpu", 25)],
 )
 def test_repo_sweep_files_expand_and_compose(name, count, tmp_path):

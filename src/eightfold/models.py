@@ -85,6 +85,16 @@ def apply_lora(model: PreTrainedModel, lora: dict) -> PreTrainedModel:
     return get_peft_model(model, config)
 
 
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute activations in backward (non-reentrant). transformers 5 renamed the switch and
+    its argument; 4.x has only the old names."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
     """A LoRA-wrapped model with its adapters merged into the base weights; others unchanged."""
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model

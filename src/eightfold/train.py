@@ -232,9 +232,9 @@ def apply_perf(perf: DictConfig, model, datamodule, module) -> None:
             raise ConfigError(f"perf.logits_chunk_size={perf.logits_chunk_size} is not valid: a positive number of tokens or null")
         module.logits_chunk_size = int(perf.logits_chunk_size)
     if perf.gradient_checkpointing:
-        # transformers 5 renamed the switch; 4.x only has the old name
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        from eightfold.models import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model)
 
 
 def check_context_fits(datamodule, model, tokenizer) -> None:
