@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import gc
 import random
 import tempfile
 import time
@@ -59,12 +60,12 @@ def tiny_workload(batch_size: int, varied: bool, seed: int = 0):
     return model, tok, seqs, rejected, groups
 
 
-def qwen_workload(batch_size: int, seq_len: int, n_batches: int, varied: bool, seed: int = 0):
+def qwen_workload(batch_size: int, seq_len: int, n_batches: int, varied: bool, layers: int = 24, seed: int = 0):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from eightfold.models import char_tokenizer
 
-    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=layers,
                          num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
                          tie_word_embeddings=True, attn_implementation="sdpa")
     torch.manual_seed(seed)
@@ -124,7 +125,8 @@ def plain_loop(loss_fn, model, batches, steps, warmup, lr, device, precision) ->
 
 # ----------------------------------------------------------------------------- eightfold
 class StepTimer:
-    """A Lightning callback: wall time and real tokens from step ``warmup`` to the end."""
+    """A Lightning callback: wall time and real tokens from step ``warmup`` to the last step's end
+    (as the plain loop; the run's one-off teardown, e.g. saving last.ckpt, is not per-token work)."""
 
     def __init__(self, warmup: int, device: torch.device, tokens_per_batch: list[int]):
         import lightning as L
@@ -140,10 +142,8 @@ class StepTimer:
             def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
                 if trainer.global_step > warmup:
                     timer.tokens += tokens_per_batch[batch_idx % len(tokens_per_batch)]
-
-            def on_train_end(self, trainer, module):
-                sync(device)
-                timer.t1 = time.perf_counter()
+                    sync(device)
+                    timer.t1 = time.perf_counter()
 
         self.callback, self.t0, self.t1, self.tokens = _CB(), 0.0, 0.0, 0
 
@@ -225,6 +225,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="alternate plain / eightfold this many times")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--layers", type=int, default=24, help="qwen0.5b: decoder layers (fewer = a quick check of the path)")
     args = ap.parse_args()
     device = torch.device(args.device)
     args.precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
@@ -237,7 +238,7 @@ def main() -> None:
         base, tok, seqs, rejected, groups = tiny_workload(args.batch_size or 32, args.varied)
         pack_length = 128
     else:
-        base, tok, seqs, rejected, groups = qwen_workload(args.batch_size or 8, args.seq_len, 4, args.varied)
+        base, tok, seqs, rejected, groups = qwen_workload(args.batch_size or 8, args.seq_len, 4, args.varied, args.layers)
         pack_length = args.seq_len
     n_params = sum(p.numel() for p in base.parameters())
     print(f"model {args.model}: {n_params / 1e6:.2f} M parameters on {device} ({args.precision}), "
@@ -263,6 +264,9 @@ def main() -> None:
 
         def record(name, seconds, tokens, rows=rows):
             rows.setdefault(name, []).append(tokens / seconds)
+            gc.collect()  # the previous row's model, optimiser and Trainer must not share the device
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
         for _ in range(args.repeats):  # alternate, so a noisy neighbour hits both alike
             model = copy.deepcopy(base).to(device)
