@@ -227,9 +227,7 @@ def apply_perf(perf: DictConfig, model, datamodule, module) -> None:
         if context and length > context:
             raise ConfigError(f"perf.pack_length={length} exceeds the model's context of {context} tokens")
         datamodule.pack_length = module.pack_length = int(length)
-    if perf.logits_chunk_size is not None:
-        if int(perf.logits_chunk_size) < 1:
-            raise ConfigError(f"perf.logits_chunk_size={perf.logits_chunk_size} is not valid: a positive number of tokens or null")
+    if perf.logits_chunk_size is not None:  # a positive integer (validate_config)
         module.logits_chunk_size = int(perf.logits_chunk_size)
     if perf.gradient_checkpointing:
         from eightfold.models import enable_activation_checkpointing

@@ -30,6 +30,10 @@ def validate_config(cfg: DictConfig) -> None:
     size = _positive_int(data.size, "data.size", "500")
     _positive_int(data.test_size, "data.test_size", "500")
     _positive_int(cfg.trainer.max_steps, "trainer.max_steps", "600")
+    perf = cfg.get("perf") or {}
+    for key, example in (("logits_chunk_size", "4096"), ("pack_length", "4096")):
+        if perf.get(key) is not None:  # checked here, so a sweep rejects it before submitting
+            _positive_int(perf[key], f"perf.{key}", example)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed!r} is not valid: expected an integer, e.g. seed=0")
     if data.source == "self":  # self-generated data needs pi_sft: it is an objective, not a file
