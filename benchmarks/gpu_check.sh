@@ -8,21 +8,32 @@
 # submitit or math-verify: bring them as wheels first (README "Performance", GPU check):
 #   make gpu-wheels          # downloads them into .whl/ (ignored by git)
 # then, with the device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"]).
+#
+# SMOKE=1 runs the same script on a CPU in about 4 minutes (one decoder layer, a few steps): it
+# checks the script and the wheel set, not the speed.
 set -uo pipefail
 OUT=${OUT:-gpu-check-out}
+if [ "${SMOKE:-0}" = 1 ]; then
+    DEVICE=cpu; SFT="--layers 1 --steps 3 --warmup 1 --batch-size 2 --seq-len 300"
+    DPO="--layers 1 --steps 2 --warmup 1 --batch-size 2 --seq-len 300"; ROLL="--train-steps 100 --negatives 20"
+else
+    DEVICE=cuda; SFT="--steps 30 --warmup 8"; DPO="--steps 20 --warmup 6 --batch-size 4"
+    ROLL="--train-steps 600 --negatives 400"
+fi
 mkdir -p "$OUT"
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD/src:$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"; fi
 python3 -c "import torch, lightning, transformers; print(torch.__version__, lightning.__version__, transformers.__version__)" | tee -a "$OUT/gpu.txt"
 
 quiet() { grep -v -E "Warning|warn|Tip|LOCAL_RANK|available|Epoch|stopped|^$"; }
-timeout 200 python3 benchmarks/bench_train.py --model qwen0.5b --device cuda --objective sft --steps 30 --warmup 8 \
+# $SFT, $DPO, $ROLL are word lists on purpose (unquoted).
+timeout 200 python3 benchmarks/bench_train.py --model qwen0.5b --device $DEVICE --objective sft $SFT \
     --repeats 1 --varied 2>&1 | quiet | tee "$OUT/bench_train_sft.txt"
-timeout 150 python3 benchmarks/bench_train.py --model qwen0.5b --device cuda --objective dpo --steps 20 --warmup 6 \
-    --repeats 1 --batch-size 4 --varied 2>&1 | quiet | tee "$OUT/bench_train_dpo.txt"
-timeout 120 python3 benchmarks/bench_rollouts.py --device cuda --train-steps 600 --negatives 400 2>&1 | quiet \
+timeout 150 python3 benchmarks/bench_train.py --model qwen0.5b --device $DEVICE --objective dpo $DPO \
+    --repeats 1 --varied 2>&1 | quiet | tee "$OUT/bench_train_dpo.txt"
+timeout 120 python3 benchmarks/bench_rollouts.py --device $DEVICE $ROLL 2>&1 | quiet \
     | tee "$OUT/bench_rollouts.txt"
