@@ -75,9 +75,10 @@ def apply_lora(model: PreTrainedModel, lora: dict) -> PreTrainedModel:
     unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
     if unknown:
         raise ValueError(f"model.lora has unknown keys {sorted(unknown)}: valid are r, alpha, dropout, target_modules")
+    r = int(lora.get("r", 16))
     config = LoraConfig(
-        r=int(lora.get("r", 16)),
-        lora_alpha=float(lora.get("alpha", 2 * int(lora.get("r", 16)))),
+        r=r,
+        lora_alpha=float(lora.get("alpha", 2 * r)),
         lora_dropout=float(lora.get("dropout", 0.0)),
         target_modules=lora.get("target_modules", "all-linear"),
         task_type="CAUSAL_LM",

@@ -370,6 +370,7 @@ def split_blocks(
         for value in axes[key]:
             sub_axes = {**axes, key: [value]}
             blocks.append((sub_axes, [r for r in block_runs if r.values[key] == value]))
+
     def size(axes: dict[str, list[str]]) -> float:
         try:
             return max(float(v) for v in axes.get("data.size", ["0"]))
@@ -761,13 +762,11 @@ def main(argv: list[str] | None = None) -> int:
             _err(f"multirun exited with status {proc.returncode}: {display_command(cmd)}")
     for r in todo:
         r.status, r.error = _status_of(r.run_dir)
-        if r.status in (PENDING, PARTIAL) and not r.error:
-            r.error = "did not finish (no result.json): see the log"
-
     return _report(spec, selected, root, args.launcher, [display_command(c) for c, _, _ in plans])
 
 
 def _report(spec: SweepSpec, selected: list[Run], root: Path, launcher: str, commands: list[str]) -> int:
+    """Name what did not finish, print the table, write the summary; the exit status."""
     for r in selected:
         if r.status in (PENDING, PARTIAL) and not r.error:
             r.error = "did not finish (no result.json): see the log"
