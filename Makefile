@@ -34,8 +34,8 @@ demo: install  ## run the default study end to end: sweep, results table, fits, 
 	$(BIN)/eightfold-analyze all $(ROOT) --out $(ROOT)/analysis
 	@echo "results: $(ROOT)/runs  report: $(ROOT)/analysis/report.md"
 
-test: install  ## the whole suite: unit, end to end, and SLURM tests against a real local SLURM
-	$(BIN)/ruff check src analysis tests benchmarks
+test: install  ## the whole suite: lint, unit, end to end, and SLURM tests against a real local SLURM
+	$(MAKE) lint
 	$(BIN)/pytest -m "not slurm" -q
 	$(MAKE) test-slurm
 
@@ -55,8 +55,9 @@ gpu-wheels:  ## wheels the lent GPU image lacks, into .whl/ (benchmarks/gpu_chec
 	    hydra-core==1.3.8 omegaconf==2.3.1 submitit==1.5.4 hydra-submitit-launcher==1.2.0 cloudpickle PyYAML
 	$(PY) -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3  # sdist only: build the pure-Python wheel
 
-lint:  ## ruff
-	$(BIN)/ruff check src analysis tests benchmarks
+lint: install  ## ruff: the lint rules and one code style (ruff format)
+	$(BIN)/ruff check src analysis tests benchmarks scripts
+	$(BIN)/ruff format --check src analysis tests benchmarks scripts
 
 clean:  ## remove the environment and outputs
 	rm -rf $(VENV) outputs multirun results .pytest_cache

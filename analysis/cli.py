@@ -28,13 +28,22 @@ def _collect(root: str, out: Path) -> tuple[list[dict], list[dict]]:
     for p in problems:
         _warn(col.describe_problem(p))
     for key in col.duplicates(rows):
-        _warn(f"duplicate finished runs for objective/source/n/seed {key}; all kept as separate rows")
-    counts = {s: sum(p["status"] == s for p in problems) for s in ("failed", "incomplete", "invalid")}
-    _warn(f"collected {len(rows)} finished runs into {out} ("
-          + ", ".join(f"{c} {s}" for s, c in counts.items()) + f"; details in {col.problems_path(out)})")
+        _warn(
+            f"duplicate finished runs for objective/source/n/seed {key}; all kept as separate rows"
+        )
+    counts = {
+        s: sum(p["status"] == s for p in problems) for s in ("failed", "incomplete", "invalid")
+    }
+    _warn(
+        f"collected {len(rows)} finished runs into {out} ("
+        + ", ".join(f"{c} {s}" for s, c in counts.items())
+        + f"; details in {col.problems_path(out)})"
+    )
     if not rows:
-        raise AnalysisError(f"no finished runs under {root} ({len(problems)} runs not finished; "
-                            f"see {col.problems_path(out)})")
+        raise AnalysisError(
+            f"no finished runs under {root} ({len(problems)} runs not finished; "
+            f"see {col.problems_path(out)})"
+        )
     return rows, problems
 
 
@@ -42,16 +51,28 @@ def _fit(rows: list[dict], a: argparse.Namespace, source: str) -> dict:
     if a.n_boot < 0:
         raise AnalysisError(f"--n-boot must be >= 0 (0 = no intervals); got {a.n_boot}")
     if a.huber_delta is not None and not a.huber_delta > 0:
-        raise AnalysisError(f"--huber-delta must be > 0 (log units) or omitted for auto; got {a.huber_delta}")
+        raise AnalysisError(
+            f"--huber-delta must be > 0 (log units) or omitted for auto; got {a.huber_delta}"
+        )
     if not 0 < a.error_floor < 1:
         raise AnalysisError(f"--error-floor must be in (0, 1); got {a.error_floor}")
-    fits = fit_table(rows, baseline=a.baseline, n_boot=a.n_boot, seed=a.seed, ci=a.ci,
-                     huber_delta=a.huber_delta, error_floor=a.error_floor, source_path=source)
+    fits = fit_table(
+        rows,
+        baseline=a.baseline,
+        n_boot=a.n_boot,
+        seed=a.seed,
+        ci=a.ci,
+        huber_delta=a.huber_delta,
+        error_floor=a.error_floor,
+        source_path=source,
+    )
     for k, m in fits["methods"].items():
         if m.get("fit_error"):
             _warn(f"{k} not fitted: {m['fit_error']}")
         if m.get("n_floored"):
-            _warn(f"{k}: {m['n_floored']} run(s) with test_error 0 floored at {a.error_floor} for the log-space fit")
+            _warn(
+                f"{k}: {m['n_floored']} run(s) with test_error 0 floored at {a.error_floor} for the log-space fit"
+            )
     return fits
 
 
@@ -60,7 +81,9 @@ def _load_fits(path: str) -> dict:
         with open(path) as f:
             fits = json.load(f)
     except (OSError, ValueError) as e:
-        raise AnalysisError(f"cannot read fits file {path}: {e} (make one with: eightfold-analyze fit)") from None
+        raise AnalysisError(
+            f"cannot read fits file {path}: {e} (make one with: eightfold-analyze fit)"
+        ) from None
     if not isinstance(fits, dict) or fits.get("schema") != "eightfold.fits/1":
         raise AnalysisError(f"{path} is not an eightfold fits.json (schema eightfold.fits/1)")
     return fits
@@ -106,7 +129,9 @@ def _report(a: argparse.Namespace, require_root: bool) -> int:
         _, problems = _collect(str(src), out / "results.csv")
         csv_path = out / "results.csv"
     elif require_root:
-        raise AnalysisError(f"{src} is not a sweep root directory (expected e.g. SWEEP_ROOT with runs/<run_name>/)")
+        raise AnalysisError(
+            f"{src} is not a sweep root directory (expected e.g. SWEEP_ROOT with runs/<run_name>/)"
+        )
     else:
         csv_path = src
         side = col.problems_path(src)
@@ -133,14 +158,26 @@ def _report(a: argparse.Namespace, require_root: bool) -> int:
 
 def _fit_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fit options")
-    g.add_argument("--baseline", default="sft", help="objective the others are compared to (default: sft)")
-    g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: 1000; 0 = none)")
+    g.add_argument(
+        "--baseline", default="sft", help="objective the others are compared to (default: sft)"
+    )
+    g.add_argument(
+        "--n-boot", type=int, default=1000, help="bootstrap resamples (default: 1000; 0 = none)"
+    )
     g.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed (default: 0)")
     g.add_argument("--ci", type=float, default=0.95, help="interval level (default: 0.95)")
-    g.add_argument("--huber-delta", type=float, default=None,
-                   help="Huber threshold on log residuals (default: auto, 1.345 x MAD of a pilot fit)")
-    g.add_argument("--error-floor", type=float, default=1e-3,
-                   help="test_error 0 is replaced by this before taking logs (default: 1e-3)")
+    g.add_argument(
+        "--huber-delta",
+        type=float,
+        default=None,
+        help="Huber threshold on log residuals (default: auto, 1.345 x MAD of a pilot fit)",
+    )
+    g.add_argument(
+        "--error-floor",
+        type=float,
+        default=1e-3,
+        help="test_error 0 is replaced by this before taking logs (default: 1e-3)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,13 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default="results.csv")
     s.set_defaults(func=cmd_collect)
 
-    s = sub.add_parser("fit", help="results.csv -> fits.json (power-law fits, bootstrap CIs, multipliers)")
+    s = sub.add_parser(
+        "fit", help="results.csv -> fits.json (power-law fits, bootstrap CIs, multipliers)"
+    )
     s.add_argument("results")
     s.add_argument("-o", "--output", default="fits.json")
     _fit_options(s)
     s.set_defaults(func=cmd_fit)
 
-    s = sub.add_parser("plot", help="results.csv -> scaling / multiplier / residual plots (PNG + PDF)")
+    s = sub.add_parser(
+        "plot", help="results.csv -> scaling / multiplier / residual plots (PNG + PDF)"
+    )
     s.add_argument("results")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--fits", help="fits.json from `fit` (default: fit now)")
@@ -172,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     _fit_options(s)
     s.set_defaults(func=lambda a: _report(a, require_root=False))
 
-    s = sub.add_parser("all", help="collect + fit + plot + report for a sweep root; prints the report path")
+    s = sub.add_parser(
+        "all", help="collect + fit + plot + report for a sweep root; prints the report path"
+    )
     s.add_argument("input", metavar="root")
     s.add_argument("--out", required=True, help="output directory")
     _fit_options(s)

@@ -20,8 +20,18 @@ from .common import AnalysisError, atomic_write, write_json
 MARKERS = ("result.json", "failed.json", "config.yaml")
 IDENTITY = ("objective", "source", "n", "seed", "config_hash")
 # Column order of results.csv: the contract's columns first, then any scalar extras.
-COLUMNS = ("objective", "source", "n", "seed", "test_error", "test_accuracy", "config_hash",
-           "run_dir", "wall_time_s", "config_path")
+COLUMNS = (
+    "objective",
+    "source",
+    "n",
+    "seed",
+    "test_error",
+    "test_accuracy",
+    "config_hash",
+    "run_dir",
+    "wall_time_s",
+    "config_path",
+)
 # What fit/plot/report need; test_error may instead be derived from test_accuracy.
 REQUIRED = ("objective", "source", "n", "seed", "test_error")
 
@@ -67,8 +77,10 @@ def _row_from_result(res: dict, run_dir: Path) -> tuple[dict | None, str | None]
     if acc is None and err is not None:
         acc = 1.0 - err
     if err is None:
-        return None, (f"test_error/test_accuracy missing or not a number in [0, 1] "
-                      f"(test_error={res.get('test_error')!r}, test_accuracy={res.get('test_accuracy')!r})")
+        return None, (
+            f"test_error/test_accuracy missing or not a number in [0, 1] "
+            f"(test_error={res.get('test_error')!r}, test_accuracy={res.get('test_accuracy')!r})"
+        )
     missing = [k for k in ("objective", "source", "n", "seed") if res.get(k) in (None, "")]
     if missing:
         return None, f"result.json lacks {', '.join(missing)}"
@@ -87,8 +99,10 @@ def collect(root: str | Path) -> tuple[list[dict], list[dict]]:
         raise AnalysisError(f"sweep root {root} does not exist or is not a directory")
     run_dirs = find_run_dirs(root)
     if not run_dirs:
-        raise AnalysisError(f"no runs under {root}: expected run directories holding config.yaml "
-                            f"and result.json/failed.json, e.g. {root}/runs/<run_name>/")
+        raise AnalysisError(
+            f"no runs under {root}: expected run directories holding config.yaml "
+            f"and result.json/failed.json, e.g. {root}/runs/<run_name>/"
+        )
     rows, problems = [], []
     for d in run_dirs:
         rel = str(d.relative_to(root)) if d != root else "."
@@ -111,8 +125,13 @@ def collect(root: str | Path) -> tuple[list[dict], list[dict]]:
             p["error"] = str(info.get("error", "no error message in failed.json"))
             problems.append(p)
         else:
-            problems.append({"status": "incomplete", "run_dir": rel,
-                             "error": "config.yaml but no result.json/failed.json (running or killed)"})
+            problems.append(
+                {
+                    "status": "incomplete",
+                    "run_dir": rel,
+                    "error": "config.yaml but no result.json/failed.json (running or killed)",
+                }
+            )
     rows.sort(key=lambda r: (str(r["source"]), str(r["objective"]), _num(r["n"]), _num(r["seed"])))
     return rows, problems
 
@@ -143,7 +162,9 @@ def describe_problem(p: dict) -> str:
     return f"{p['status']}: {p['run_dir']}{ident}: {p['error']}"
 
 
-def write_results(rows: list[dict], problems: list[dict], out: str | Path, root: str | Path) -> Path:
+def write_results(
+    rows: list[dict], problems: list[dict], out: str | Path, root: str | Path
+) -> Path:
     """Write results.csv and its sidecar <out>.problems.json (always, even when there are none)."""
     out = Path(out)
     extras = sorted({k for r in rows for k in r} - set(COLUMNS))
@@ -153,10 +174,18 @@ def write_results(rows: list[dict], problems: list[dict], out: str | Path, root:
     for r in rows:
         w.writerow({k: ("" if v is None else v) for k, v in r.items()})
     atomic_write(out, buf.getvalue())
-    counts = {s: sum(p["status"] == s for p in problems) for s in ("failed", "incomplete", "invalid")}
-    write_json(problems_path(out), {"root": str(root), "n_finished": len(rows),
-                                    **{f"n_{s}": c for s, c in counts.items()},
-                                    "problems": problems})
+    counts = {
+        s: sum(p["status"] == s for p in problems) for s in ("failed", "incomplete", "invalid")
+    }
+    write_json(
+        problems_path(out),
+        {
+            "root": str(root),
+            "n_finished": len(rows),
+            **{f"n_{s}": c for s, c in counts.items()},
+            "problems": problems,
+        },
+    )
     return out
 
 
@@ -176,7 +205,9 @@ def read_results(path: str | Path) -> list[dict]:
     """Read and validate results.csv into typed rows {objective, source, n:int, seed, test_error:float}."""
     path = Path(path)
     if not path.is_file():
-        raise AnalysisError(f"results file {path} does not exist (make one with: eightfold-analyze collect SWEEP_ROOT -o {path})")
+        raise AnalysisError(
+            f"results file {path} does not exist (make one with: eightfold-analyze collect SWEEP_ROOT -o {path})"
+        )
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
@@ -186,8 +217,10 @@ def read_results(path: str | Path) -> list[dict]:
         cols.add("test_error")  # derived below
     missing = [c for c in REQUIRED if c not in cols]
     if missing:
-        raise AnalysisError(f"{path} is missing column(s) {', '.join(missing)}; required columns: "
-                            f"{', '.join(REQUIRED)} (test_error may be replaced by test_accuracy)")
+        raise AnalysisError(
+            f"{path} is missing column(s) {', '.join(missing)}; required columns: "
+            f"{', '.join(REQUIRED)} (test_error may be replaced by test_accuracy)"
+        )
     if not raw:
         raise AnalysisError(f"{path} has no rows: no finished runs to analyse")
     rows = []
@@ -195,7 +228,9 @@ def read_results(path: str | Path) -> list[dict]:
         where = f"{path} line {i}"
         for c in ("objective", "source", "seed"):
             if not (r.get(c) or "").strip():
-                raise AnalysisError(f"{where}: empty {c}; every row needs objective, source, n, seed")
+                raise AnalysisError(
+                    f"{where}: empty {c}; every row needs objective, source, n, seed"
+                )
         n = _parse_int(r["n"])
         if n is None or n <= 0:
             raise AnalysisError(f"{where}: n={r['n']!r} is not a positive integer data size")
@@ -206,10 +241,18 @@ def read_results(path: str | Path) -> list[dict]:
             acc = _finite01(r.get("test_accuracy"))
             err, bad = (None if acc is None else 1.0 - acc), r.get("test_accuracy")
         if err is None:
-            raise AnalysisError(f"{where}: test_error={bad!r} is not a finite number in [0, 1] "
-                                f"(NaN/empty values are not allowed; drop or rerun that run)")
+            raise AnalysisError(
+                f"{where}: test_error={bad!r} is not a finite number in [0, 1] "
+                f"(NaN/empty values are not allowed; drop or rerun that run)"
+            )
         seed = r["seed"].strip()
-        rows.append({"objective": r["objective"].strip(), "source": r["source"].strip(), "n": n,
-                     "seed": int(seed) if _parse_int(seed) is not None and "." not in seed else seed,
-                     "test_error": err})
+        rows.append(
+            {
+                "objective": r["objective"].strip(),
+                "source": r["source"].strip(),
+                "n": n,
+                "seed": int(seed) if _parse_int(seed) is not None and "." not in seed else seed,
+                "test_error": err,
+            }
+        )
     return rows

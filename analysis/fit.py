@@ -36,9 +36,11 @@ CURVE_POINTS = 60
 
 # ----------------------------------------------------------------------------- data
 
+
 @dataclass
 class Data:
     """One method's runs, sorted by (n, seed)."""
+
     objective: str
     source: str
     n: np.ndarray
@@ -57,8 +59,13 @@ class Data:
 
     def size_means(self, y: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Weighted mean error at each size; y, w (B, N) -> (B, S)."""
-        return np.stack([(w[:, self.n == s] * y[:, self.n == s]).sum(1) / w[:, self.n == s].sum(1)
-                         for s in self.sizes], axis=1)
+        return np.stack(
+            [
+                (w[:, self.n == s] * y[:, self.n == s]).sum(1) / w[:, self.n == s].sum(1)
+                for s in self.sizes
+            ],
+            axis=1,
+        )
 
 
 def group(rows: list[dict], error_floor: float) -> dict[str, Data]:
@@ -69,13 +76,21 @@ def group(rows: list[dict], error_floor: float) -> dict[str, Data]:
     for (obj, src), rs in sorted(by.items()):
         rs = sorted(rs, key=lambda r: (r["n"], str(r["seed"])))
         err = np.array([r["test_error"] for r in rs], dtype=float)
-        d = Data(obj, src, np.array([r["n"] for r in rs], dtype=float), [r["seed"] for r in rs],
-                 np.maximum(err, error_floor), int((err < error_floor).sum()), bool((err == 0).all()))
+        d = Data(
+            obj,
+            src,
+            np.array([r["n"] for r in rs], dtype=float),
+            [r["seed"] for r in rs],
+            np.maximum(err, error_floor),
+            int((err < error_floor).sum()),
+            bool((err == 0).all()),
+        )
         out[d.key] = d
     return out
 
 
 # ----------------------------------------------------------------------------- core solvers
+
 
 def _huber(r: np.ndarray, delta: float) -> np.ndarray:
     a = np.abs(r)
@@ -136,7 +151,7 @@ def _fit_saturating(u: np.ndarray, y: np.ndarray, w: np.ndarray, delta: float) -
     y = np.broadcast_to(y, w.shape)
     out = np.empty((B, 4))
     for s in range(0, B, CHUNK):
-        yc, wc = y[s:s + CHUNK], w[s:s + CHUNK]
+        yc, wc = y[s : s + CHUNK], w[s : s + CHUNK]
         rows = np.arange(len(wc))
         loss, _, _ = _profile(COARSE[None], u, yc, wc, delta)
         i = loss.argmin(1)
@@ -155,11 +170,13 @@ def _fit_saturating(u: np.ndarray, y: np.ndarray, w: np.ndarray, delta: float) -
         a_ref = np.clip(fine[rows, jj] * np.exp(np.clip(off, -h, h)), ALPHA_MIN, ALPHA_MAX)
         lr, er, ar = _profile(a_ref[:, None], u, yc, wc, delta)
         ref = np.stack([er[:, 0], ar[:, 0], a_ref, lr[:, 0]], 1)
-        out[s:s + CHUNK] = np.where((lr[:, 0] < best[:, 3])[:, None], ref, best)
+        out[s : s + CHUNK] = np.where((lr[:, 0] < best[:, 3])[:, None], ref, best)
     return out
 
 
-def _fit_power(u: np.ndarray, y: np.ndarray, w: np.ndarray, delta: float, iters: int = 30) -> np.ndarray:
+def _fit_power(
+    u: np.ndarray, y: np.ndarray, w: np.ndarray, delta: float, iters: int = 30
+) -> np.ndarray:
     """Pure power law: Huber regression of log err on log n (IRLS), per row -> (B, 3): A(norm), alpha, loss."""
     z = np.log(np.broadcast_to(y, w.shape))
     h = np.ones_like(w)
@@ -192,13 +209,19 @@ def _polish(u: np.ndarray, y: np.ndarray, delta: float, start: np.ndarray) -> np
 
     # Tight tolerances: near a good fit the loss is ~1e-6, and L-BFGS-B's default ftol is
     # relative to max(|f|, 1), so it would stop at once (the Chinchilla fit's failure mode).
-    res = optimize.minimize(f, start[:3], jac=True, method="L-BFGS-B",
-                            bounds=[(0, None), (1e-300, None), (ALPHA_MIN, ALPHA_MAX)],
-                            options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 1000})
+    res = optimize.minimize(
+        f,
+        start[:3],
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0, None), (1e-300, None), (ALPHA_MIN, ALPHA_MAX)],
+        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 1000},
+    )
     return np.r_[res.x, res.fun] if res.fun < start[3] else start
 
 
 # ----------------------------------------------------------------------------- one method
+
 
 @dataclass
 class Fit:
@@ -223,7 +246,9 @@ class Fit:
         return out if boot else {k: float(v[0]) for k, v in out.items()}
 
     def residuals(self, model: str = "saturating") -> np.ndarray:
-        return np.log(predict(self.data.n, **(self.params() if model == "saturating" else self.pow_params()))) - np.log(self.data.err)
+        return np.log(
+            predict(self.data.n, **(self.params() if model == "saturating" else self.pow_params()))
+        ) - np.log(self.data.err)
 
 
 def predict(n, E, A, alpha) -> np.ndarray:
@@ -233,12 +258,16 @@ def predict(n, E, A, alpha) -> np.ndarray:
 def check_fittable(d: Data) -> str | None:
     """Why this method cannot be fitted, or None."""
     if d.all_zero:
-        return ("every run has test_error 0, so a log-space fit is impossible "
-                "(isolated zeros are floored at --error-floor; an all-zero curve is not)")
+        return (
+            "every run has test_error 0, so a log-space fit is impossible "
+            "(isolated zeros are floored at --error-floor; an all-zero curve is not)"
+        )
     sizes = d.sizes
     if len(sizes) < MIN_SIZES:
-        return (f"only {len(sizes)} distinct data size(s) (n={', '.join(str(int(s)) for s in sizes)}); "
-                f"fitting E + A*n^-alpha needs >= {MIN_SIZES}")
+        return (
+            f"only {len(sizes)} distinct data size(s) (n={', '.join(str(int(s)) for s in sizes)}); "
+            f"fitting E + A*n^-alpha needs >= {MIN_SIZES}"
+        )
     return None
 
 
@@ -276,7 +305,9 @@ def bootstrap(f: Fit, draws: Draws) -> None:
             return
         idx = draws.residual_index(len(d.err))
         ys = _residual_resample(np.log(predict(d.n, **f.params())), f.residuals(), idx, 3)
-        yp = _residual_resample(np.log(predict(d.n, **f.pow_params())), f.residuals("power_law"), idx, 2)
+        yp = _residual_resample(
+            np.log(predict(d.n, **f.pow_params())), f.residuals("power_law"), idx, 2
+        )
         ym = ys
     f.boot_sat = _fit_saturating(u, ys, w, f.delta)
     f.boot_pow = _fit_power(u, yp, w, f.delta)
@@ -293,6 +324,7 @@ def _residual_resample(log_fit: np.ndarray, r: np.ndarray, idx: np.ndarray, p: i
 
 
 # ----------------------------------------------------------------------------- paired resampling
+
 
 class Draws:
     """Random numbers shared by all methods, so replicate b resamples the same seed ranks everywhere.
@@ -335,6 +367,7 @@ class Draws:
 
 # ----------------------------------------------------------------------------- whole table
 
+
 def _interval_fields(name: str, point: float, boot: np.ndarray | None, level: float) -> dict:
     lo, hi = mult.interval(boot[:, None], level) if boot is not None else ([np.nan], [np.nan])
     return {name: point, f"{name}_low": float(lo[0]), f"{name}_high": float(hi[0])}
@@ -354,17 +387,25 @@ def _gof(f: Fit, model: str) -> dict:
         "aic": N * np.log(ss / N) + 2 * p if ss > 0 else -np.inf,
         "max_abs_residual_log": float(np.abs(r).max()),
         "residual_trend_spearman": float(rho),
-        "n_points": N, "n_params": p,
+        "n_points": N,
+        "n_params": p,
     }
 
 
 def _curve(f: Fit, n_lo: float, n_hi: float, level: float) -> dict:
     n = np.geomspace(n_lo, n_hi, CURVE_POINTS)
     err = predict(n, **f.params())
-    out = {"n": n, "err": err, "err_low": np.full_like(n, np.nan), "err_high": np.full_like(n, np.nan)}
+    out = {
+        "n": n,
+        "err": err,
+        "err_low": np.full_like(n, np.nan),
+        "err_high": np.full_like(n, np.nan),
+    }
     if f.boot_sat is not None:
         b = f.params(boot=True)
-        out["err_low"], out["err_high"] = mult.interval(predict(n[None], b["E"][:, None], b["A"][:, None], b["alpha"][:, None]), level)
+        out["err_low"], out["err_high"] = mult.interval(
+            predict(n[None], b["E"][:, None], b["A"][:, None], b["alpha"][:, None]), level
+        )
     return out
 
 
@@ -372,16 +413,27 @@ def _size_table(d: Data, raw_err: dict) -> list[dict]:
     out = []
     for s in d.sizes:
         e = np.array(raw_err[float(s)])
-        out.append({"n": int(s), "seeds": len(e), "err_mean": float(e.mean()),
-                    "err_std": float(e.std(ddof=1)) if len(e) > 1 else None})
+        out.append(
+            {
+                "n": int(s),
+                "seeds": len(e),
+                "err_mean": float(e.mean()),
+                "err_std": float(e.std(ddof=1)) if len(e) > 1 else None,
+            }
+        )
     return out
 
 
 def _multiplier_fields(c: dict, sizes: np.ndarray, prefix: str = "multiplier") -> dict:
-    return {prefix: c["summary"], f"{prefix}_low": c["summary_low"], f"{prefix}_high": c["summary_high"],
-            f"{prefix}_p_gt_1": c["p_gt_1"], f"{prefix}_extrapolated": c["summary_extrapolated"],
-            f"{prefix}_unreachable": c["summary_unreachable"],
-            f"{prefix}_sizes": [int(s) for s in c["summary_sizes"]]}
+    return {
+        prefix: c["summary"],
+        f"{prefix}_low": c["summary_low"],
+        f"{prefix}_high": c["summary_high"],
+        f"{prefix}_p_gt_1": c["p_gt_1"],
+        f"{prefix}_extrapolated": c["summary_extrapolated"],
+        f"{prefix}_unreachable": c["summary_unreachable"],
+        f"{prefix}_sizes": [int(s) for s in c["summary_sizes"]],
+    }
 
 
 def _fit_entry(f: Fit, src_n: list[float], ci: float) -> dict:
@@ -395,24 +447,33 @@ def _fit_entry(f: Fit, src_n: list[float], ci: float) -> dict:
     bpp = f.pow_params(boot=True) if f.boot_pow is not None else None
     e["power_law"] = {"model": POWER_LAW}
     for name in ("A", "alpha"):
-        e["power_law"].update(_interval_fields(name, f.pow_params()[name], None if bpp is None else bpp[name], ci))
+        e["power_law"].update(
+            _interval_fields(name, f.pow_params()[name], None if bpp is None else bpp[name], ci)
+        )
     e["power_law"]["goodness_of_fit"] = _gof(f, "power_law")
     daic = e["goodness_of_fit"]["aic"] - e["power_law"]["goodness_of_fit"]["aic"]
     if not np.isfinite(daic):  # an exact fit (zero residuals): AIC says nothing
         e["preferred_model"] = "saturating"
     else:
-        e["preferred_model"] = "saturating" if daic < -2 else "power_law" if daic > 2 else "either (|delta AIC| <= 2)"
+        e["preferred_model"] = (
+            "saturating" if daic < -2 else "power_law" if daic > 2 else "either (|delta AIC| <= 2)"
+        )
     e["curve"] = _curve(f, min(src_n), max(src_n), ci)
     return e
 
 
 def _curve_at(sizes: np.ndarray, p: dict | None) -> np.ndarray | None:
     """Fitted errors at `sizes` for each bootstrap replicate: (B, J), or None without replicates."""
-    return None if p is None else predict(sizes[None], p["E"][:, None], p["A"][:, None], p["alpha"][:, None])
+    return (
+        None
+        if p is None
+        else predict(sizes[None], p["E"][:, None], p["A"][:, None], p["alpha"][:, None])
+    )
 
 
-def _multiplier_entry(d: Data, f: Fit | None, base: Fit, means: np.ndarray,
-                      boot_means: np.ndarray | None, ci: float) -> dict:
+def _multiplier_entry(
+    d: Data, f: Fit | None, base: Fit, means: np.ndarray, boot_means: np.ndarray | None, ci: float
+) -> dict:
     """Summary + per-size multipliers of method d vs the baseline fit (fit-based and measured)."""
     sizes = d.sizes
     brange = (float(base.data.sizes.min()), float(base.data.sizes.max()))
@@ -422,12 +483,26 @@ def _multiplier_entry(d: Data, f: Fit | None, base: Fit, means: np.ndarray,
     e: dict = {}
     if f is not None:
         xboot = f.params(boot=True) if f.boot_sat is not None else None
-        cf = mult.compare(sizes, predict(sizes, **f.params()), _curve_at(sizes, xboot), base.params(), bboot, brange, ci)
+        cf = mult.compare(
+            sizes,
+            predict(sizes, **f.params()),
+            _curve_at(sizes, xboot),
+            base.params(),
+            bboot,
+            brange,
+            ci,
+        )
         # Same comparison under the pure power law (the paper's n_SFT(e) = (A / e)^(1 / b)).
         has = f.boot_pow is not None and base.boot_pow is not None
-        cp = mult.compare(sizes, predict(sizes, **f.pow_params()),
-                          _curve_at(sizes, f.pow_params(boot=True) if has else None), base.pow_params(),
-                          base.pow_params(boot=True) if has else None, brange, ci)
+        cp = mult.compare(
+            sizes,
+            predict(sizes, **f.pow_params()),
+            _curve_at(sizes, f.pow_params(boot=True) if has else None),
+            base.pow_params(),
+            base.pow_params(boot=True) if has else None,
+            brange,
+            ci,
+        )
         e["power_law"] = _multiplier_fields(cp, sizes)
     e.update(_multiplier_fields(cf if cf is not None else cm, sizes))
     e["multiplier_basis"] = "fit" if cf is not None else "measured"
@@ -435,14 +510,27 @@ def _multiplier_entry(d: Data, f: Fit | None, base: Fit, means: np.ndarray,
     for j, s in enumerate(sizes):
         row = {"n": int(s), "err_mean": float(means[j])}
         if cf is not None:
-            row.update({"err_fit": float(predict(s, **f.params())), "n_baseline": cf["n_baseline"][j],
-                        "multiplier": cf["k"][j], "multiplier_low": cf["k_low"][j],
-                        "multiplier_high": cf["k_high"][j], "extrapolated": bool(cf["extrapolated"][j]),
-                        "unreachable": bool(cf["unreachable"][j])})
-        row.update({"n_baseline_measured": cm["n_baseline"][j], "multiplier_measured": cm["k"][j],
-                    "multiplier_measured_low": cm["k_low"][j], "multiplier_measured_high": cm["k_high"][j],
-                    "extrapolated_measured": bool(cm["extrapolated"][j]),
-                    "unreachable_measured": bool(cm["unreachable"][j])})
+            row.update(
+                {
+                    "err_fit": float(predict(s, **f.params())),
+                    "n_baseline": cf["n_baseline"][j],
+                    "multiplier": cf["k"][j],
+                    "multiplier_low": cf["k_low"][j],
+                    "multiplier_high": cf["k_high"][j],
+                    "extrapolated": bool(cf["extrapolated"][j]),
+                    "unreachable": bool(cf["unreachable"][j]),
+                }
+            )
+        row.update(
+            {
+                "n_baseline_measured": cm["n_baseline"][j],
+                "multiplier_measured": cm["k"][j],
+                "multiplier_measured_low": cm["k_low"][j],
+                "multiplier_measured_high": cm["k_high"][j],
+                "extrapolated_measured": bool(cm["extrapolated"][j]),
+                "unreachable_measured": bool(cm["unreachable"][j]),
+            }
+        )
         per.append(row)
     e["multipliers"] = per
     return e
@@ -451,36 +539,53 @@ def _multiplier_entry(d: Data, f: Fit | None, base: Fit, means: np.ndarray,
 def _no_fit_error(datas: dict[str, Data], problems: dict[str, str | None]) -> AnalysisError:
     if all(p.startswith("only ") for p in problems.values()):
         seen = sorted({int(s) for d in datas.values() for s in d.sizes})
-        return AnalysisError(f"cannot fit E + A*n^-alpha: every method has fewer than {MIN_SIZES} "
-                             f"distinct data sizes (sizes in the results: {', '.join(map(str, seen))}); "
-                             f"run >= {MIN_SIZES} sizes (collect and plot still work)")
+        return AnalysisError(
+            f"cannot fit E + A*n^-alpha: every method has fewer than {MIN_SIZES} "
+            f"distinct data sizes (sizes in the results: {', '.join(map(str, seen))}); "
+            f"run >= {MIN_SIZES} sizes (collect and plot still work)"
+        )
     why: dict[str, list[str]] = {}
     for k, p in problems.items():
         why.setdefault(p, []).append(k)
-    return AnalysisError("no method could be fitted: " + "; ".join(f"{p} ({', '.join(ks)})" for p, ks in why.items()))
+    return AnalysisError(
+        "no method could be fitted: " + "; ".join(f"{p} ({', '.join(ks)})" for p, ks in why.items())
+    )
 
 
 CI_METHOD = {
-    "seed": ("stratified paired seed bootstrap: within each data size m-1 of its m seeds are drawn "
-             "with replacement and reweighted by m/(m-1) (Rao-Wu rescaling, so few seeds do not "
-             "understate the spread); the baseline and every method share the drawn seed ranks in "
-             "each replicate; percentile intervals"),
-    "residual": ("paired residual bootstrap (some data size has a single seed, so seeds cannot be "
-                 "resampled): centred log residuals of each fit, inflated by sqrt(N/(N-p)), are "
-                 "resampled with indices shared across methods; percentile intervals"),
+    "seed": (
+        "stratified paired seed bootstrap: within each data size m-1 of its m seeds are drawn "
+        "with replacement and reweighted by m/(m-1) (Rao-Wu rescaling, so few seeds do not "
+        "understate the spread); the baseline and every method share the drawn seed ranks in "
+        "each replicate; percentile intervals"
+    ),
+    "residual": (
+        "paired residual bootstrap (some data size has a single seed, so seeds cannot be "
+        "resampled): centred log residuals of each fit, inflated by sqrt(N/(N-p)), are "
+        "resampled with indices shared across methods; percentile intervals"
+    ),
 }
 
 
-def fit_table(rows: list[dict], baseline: str = "sft", n_boot: int = 1000, seed: int = 0,
-              ci: float = 0.95, huber_delta: float | None = None, error_floor: float = 1e-3,
-              source_path: str | None = None) -> dict:
+def fit_table(
+    rows: list[dict],
+    baseline: str = "sft",
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+    huber_delta: float | None = None,
+    error_floor: float = 1e-3,
+    source_path: str | None = None,
+) -> dict:
     """Fit every (objective, source) in `rows` and compare each to `baseline`; returns fits.json content."""
     if not rows:
         raise AnalysisError("no finished runs to fit")
     objectives = sorted({r["objective"] for r in rows})
     if baseline not in objectives:
-        raise AnalysisError(f"baseline objective '{baseline}' is not in the results; available: "
-                            f"{', '.join(objectives)} (choose one with --baseline)")
+        raise AnalysisError(
+            f"baseline objective '{baseline}' is not in the results; available: "
+            f"{', '.join(objectives)} (choose one with --baseline)"
+        )
     if not 0 < ci < 1:
         raise AnalysisError(f"--ci must be a level in (0, 1), e.g. 0.95; got {ci}")
     datas = group(rows, error_floor)
@@ -494,8 +599,10 @@ def fit_table(rows: list[dict], baseline: str = "sft", n_boot: int = 1000, seed:
         if problems[k] is None:
             f = fit_point(d, huber_delta)
             if f.sat[1] <= 1e-9 * d.err.mean():
-                problems[k] = ("test_error does not decrease with n (best fit is flat, A = 0), "
-                               "so no power law describes it")
+                problems[k] = (
+                    "test_error does not decrease with n (best fit is flat, A = 0), "
+                    "so no power law describes it"
+                )
             else:
                 fits[k] = f
     if not fits:
@@ -512,21 +619,51 @@ def fit_table(rows: list[dict], baseline: str = "sft", n_boot: int = 1000, seed:
     methods = {}
     for k, d in datas.items():
         f, base = fits.get(k), fits.get(f"{baseline}/{d.source}")
-        e: dict = {"objective": d.objective, "source": d.source, "is_baseline": d.objective == baseline,
-                   "n_runs": len(d.n), "n_floored": d.n_floored, "sizes": _size_table(d, raw[k]),
-                   "fit_error": problems[k]}
+        e: dict = {
+            "objective": d.objective,
+            "source": d.source,
+            "is_baseline": d.objective == baseline,
+            "n_runs": len(d.n),
+            "n_floored": d.n_floored,
+            "sizes": _size_table(d, raw[k]),
+            "fit_error": problems[k],
+        }
         if f is not None:
-            e.update(_fit_entry(f, [s for dd in datas.values() if dd.source == d.source for s in dd.sizes], ci))
+            e.update(
+                _fit_entry(
+                    f, [s for dd in datas.values() if dd.source == d.source for s in dd.sizes], ci
+                )
+            )
         else:
-            e.update(dict.fromkeys(("E", "E_low", "E_high", "A", "A_low", "A_high", "alpha", "alpha_low", "alpha_high")))
+            e.update(
+                dict.fromkeys(
+                    (
+                        "E",
+                        "E_low",
+                        "E_high",
+                        "A",
+                        "A_low",
+                        "A_high",
+                        "alpha",
+                        "alpha_low",
+                        "alpha_high",
+                    )
+                )
+            )
         if base is None:
             why = problems.get(f"{baseline}/{d.source}") or "no baseline runs for this source"
-            e.update(multiplier=None, multiplier_note=f"no fit for baseline {baseline}/{d.source}: {why}", multipliers=[])
+            e.update(
+                multiplier=None,
+                multiplier_note=f"no fit for baseline {baseline}/{d.source}: {why}",
+                multipliers=[],
+            )
         else:
             means = np.array([np.mean(raw[k][float(s)]) for s in d.sizes])
             if f is not None:
                 boot_means = f.boot_means
-            elif draws is not None and mode == "seed":  # unfitted methods still get measured multipliers
+            elif (
+                draws is not None and mode == "seed"
+            ):  # unfitted methods still get measured multipliers
                 w = draws.seed_weights(d)
                 boot_means = d.size_means(np.broadcast_to(d.err, w.shape), w)
             else:
@@ -541,25 +678,34 @@ def fit_table(rows: list[dict], baseline: str = "sft", n_boot: int = 1000, seed:
         methods[k] = e
 
     # jsonable: the in-memory result is exactly what fits.json holds (inf/nan -> null, no numpy).
-    return jsonable({
-        "schema": "eightfold.fits/1",
-        "input": source_path,
-        "model": MODEL,
-        "alternative": POWER_LAW,
-        "baseline": baseline,
-        "fit_method": ("variable projection: alpha on a log grid in [0.01, 3] (48 coarse + 13 fine "
-                       "points + parabolic refinement), (E, A) by exact non-negative least squares "
-                       "inside Gauss-Newton/IRLS steps on a Huber loss of log residuals; point "
-                       "estimate polished with L-BFGS-B"),
-        "huber_delta": "auto (1.345 x MAD of a least-squares pilot fit's log residuals, >= 1e-3)"
-                       if huber_delta is None else huber_delta,
-        "error_floor": error_floor,
-        "ci_method": CI_METHOD[mode] if n_boot > 0 else "none (--n-boot 0)",
-        "bootstrap_mode": mode if n_boot > 0 else None,
-        "ci_level": ci, "n_boot": n_boot, "seed": seed,
-        "multiplier_definition": ("k(n) = n_b(err_X(n)) / n with n_b(e) = (A_b / (e - E_b))^(1/alpha_b) "
-                                  "the inverse of the baseline fit and err_X the method's fitted curve "
-                                  "(multiplier_measured uses the measured mean error instead). "
-                                  "Summary: " + mult.SUMMARY),
-        "methods": methods,
-    })
+    return jsonable(
+        {
+            "schema": "eightfold.fits/1",
+            "input": source_path,
+            "model": MODEL,
+            "alternative": POWER_LAW,
+            "baseline": baseline,
+            "fit_method": (
+                "variable projection: alpha on a log grid in [0.01, 3] (48 coarse + 13 fine "
+                "points + parabolic refinement), (E, A) by exact non-negative least squares "
+                "inside Gauss-Newton/IRLS steps on a Huber loss of log residuals; point "
+                "estimate polished with L-BFGS-B"
+            ),
+            "huber_delta": "auto (1.345 x MAD of a least-squares pilot fit's log residuals, >= 1e-3)"
+            if huber_delta is None
+            else huber_delta,
+            "error_floor": error_floor,
+            "ci_method": CI_METHOD[mode] if n_boot > 0 else "none (--n-boot 0)",
+            "bootstrap_mode": mode if n_boot > 0 else None,
+            "ci_level": ci,
+            "n_boot": n_boot,
+            "seed": seed,
+            "multiplier_definition": (
+                "k(n) = n_b(err_X(n)) / n with n_b(e) = (A_b / (e - E_b))^(1/alpha_b) "
+                "the inverse of the baseline fit and err_X the method's fitted curve "
+                "(multiplier_measured uses the measured mean error instead). "
+                "Summary: " + mult.SUMMARY
+            ),
+            "methods": methods,
+        }
+    )

@@ -17,20 +17,28 @@ import warnings
 
 import numpy as np
 
-SUMMARY = ("geometric mean of k(n) over the method's measured sizes n whose matched baseline size "
-           "n_b lies inside the baseline's measured n range; if there are none, over all of the "
-           "method's sizes, flagged extrapolated. The set of sizes is fixed by the point estimate "
-           "and reused in every bootstrap replicate.")
+SUMMARY = (
+    "geometric mean of k(n) over the method's measured sizes n whose matched baseline size "
+    "n_b lies inside the baseline's measured n range; if there are none, over all of the "
+    "method's sizes, flagged extrapolated. The set of sizes is fixed by the point estimate "
+    "and reused in every bootstrap replicate."
+)
 _BIG = 1e300  # stands in for +inf inside quantiles (linear interpolation of inf gives nan)
 
 
 def n_baseline(err, E, A, alpha) -> np.ndarray:
     """Baseline data size that reaches error `err`; +inf where err <= E (never reached)."""
-    err, E, A, alpha = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (err, E, A, alpha)))
+    err, E, A, alpha = np.broadcast_arrays(
+        *(np.asarray(v, dtype=float) for v in (err, E, A, alpha))
+    )
     gap = err - E
     ok = (gap > 0) & (A > 0) & (alpha > 0)
     with np.errstate(all="ignore"):
-        nb = np.where(ok, (np.where(ok, A, 1.0) / np.where(ok, gap, 1.0)) ** (1.0 / np.where(ok, alpha, 1.0)), np.inf)
+        nb = np.where(
+            ok,
+            (np.where(ok, A, 1.0) / np.where(ok, gap, 1.0)) ** (1.0 / np.where(ok, alpha, 1.0)),
+            np.inf,
+        )
     return np.where(np.isnan(err), np.nan, nb)
 
 
@@ -52,8 +60,15 @@ def interval(values: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def compare(n: np.ndarray, err: np.ndarray, err_boot: np.ndarray | None, base: dict,
-            base_boot: dict | None, base_range: tuple[float, float], level: float) -> dict:
+def compare(
+    n: np.ndarray,
+    err: np.ndarray,
+    err_boot: np.ndarray | None,
+    base: dict,
+    base_boot: dict | None,
+    base_range: tuple[float, float],
+    level: float,
+) -> dict:
     """Per-size and summary multipliers of a method (errors `err` at sizes `n`) vs a baseline fit.
 
     base/base_boot hold E, A, alpha (scalars / (B,) arrays of the paired bootstrap replicates).
@@ -69,11 +84,19 @@ def compare(n: np.ndarray, err: np.ndarray, err_boot: np.ndarray | None, base: d
         include = np.ones_like(include)
     summary = float(geometric_mean(k, include))
     out = {
-        "k": k, "n_baseline": nb, "extrapolated": extrapolated, "unreachable": unreachable,
-        "summary": summary, "summary_sizes": n[include], "summary_extrapolated": summary_extrapolated,
+        "k": k,
+        "n_baseline": nb,
+        "extrapolated": extrapolated,
+        "unreachable": unreachable,
+        "summary": summary,
+        "summary_sizes": n[include],
+        "summary_extrapolated": summary_extrapolated,
         "summary_unreachable": bool(unreachable[include].any()),
-        "k_low": np.full_like(k, np.nan), "k_high": np.full_like(k, np.nan),
-        "summary_low": np.nan, "summary_high": np.nan, "p_gt_1": np.nan,
+        "k_low": np.full_like(k, np.nan),
+        "k_high": np.full_like(k, np.nan),
+        "summary_low": np.nan,
+        "summary_high": np.nan,
+        "p_gt_1": np.nan,
     }
     if err_boot is not None and base_boot is not None and err_boot.shape[0]:
         col = {key: np.asarray(base_boot[key])[:, None] for key in ("E", "A", "alpha")}

@@ -20,7 +20,9 @@ KNOWN_ORDER = ("sft", "rft", "dpo", "step_dpo")
 def colours(objectives: list[str], baseline: str | None = None) -> dict[str, str]:
     """Stable objective -> colour map: baseline first, then the paper's order, then the rest."""
     rest = sorted(set(objectives) - set(KNOWN_ORDER) - {baseline})
-    order = [o for o in ([baseline] if baseline else []) + list(KNOWN_ORDER) + rest if o in objectives]
+    order = [
+        o for o in ([baseline] if baseline else []) + list(KNOWN_ORDER) + rest if o in objectives
+    ]
     order = list(dict.fromkeys(order))
     cmap = plt.get_cmap("tab10")
     return {o: cmap(i % 10) for i, o in enumerate(order)}
@@ -39,7 +41,9 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
 def _by_method(rows: list[dict]) -> dict[tuple[str, str], dict[int, list[float]]]:
     out: dict[tuple[str, str], dict[int, list[float]]] = {}
     for r in rows:
-        out.setdefault((r["objective"], r["source"]), {}).setdefault(r["n"], []).append(r["test_error"])
+        out.setdefault((r["objective"], r["source"]), {}).setdefault(r["n"], []).append(
+            r["test_error"]
+        )
     return out
 
 
@@ -64,11 +68,15 @@ def scaling_plot(rows: list[dict], fits: dict | None, out_dir: Path) -> list[Pat
             # Dodge each objective a little along the log-n axis so bars at one n do not overlap.
             dodge = 1.0 + 0.025 * (i - (len(present) - 1) / 2)
             mean = np.array([np.mean(by_n[n]) for n in sorted(by_n)])
-            std = np.array([np.std(by_n[n], ddof=1) if len(by_n[n]) > 1 else 0.0 for n in sorted(by_n)])
+            std = np.array(
+                [np.std(by_n[n], ddof=1) if len(by_n[n]) > 1 else 0.0 for n in sorted(by_n)]
+            )
             c = col[obj]
             for n in sorted(by_n):  # individual seeds, faint, zeros cannot go on a log axis
                 e = np.array(by_n[n])
-                ax.scatter(np.full(len(e[e > 0]), n * dodge), e[e > 0], s=8, color=c, alpha=0.3, lw=0)
+                ax.scatter(
+                    np.full(len(e[e > 0]), n * dodge), e[e > 0], s=8, color=c, alpha=0.3, lw=0
+                )
             m = methods.get(f"{obj}/{src}", {})
             label = obj
             if m.get("alpha") is not None:
@@ -77,7 +85,17 @@ def scaling_plot(rows: list[dict], fits: dict | None, out_dir: Path) -> list[Pat
                     label += f", {m['multiplier']:.2g}× {baseline}"
                 label += ")"
             lower = np.minimum(std, mean * 0.95)  # keep the bar above zero on a log axis
-            ax.errorbar(ns * dodge, mean, yerr=[lower, std], fmt="o", ms=5, color=c, capsize=3, label=label, zorder=3)
+            ax.errorbar(
+                ns * dodge,
+                mean,
+                yerr=[lower, std],
+                fmt="o",
+                ms=5,
+                color=c,
+                capsize=3,
+                label=label,
+                zorder=3,
+            )
             curve = m.get("curve")
             if curve:
                 cn, ce = np.array(curve["n"], dtype=float), np.array(curve["err"], dtype=float)
@@ -85,9 +103,17 @@ def scaling_plot(rows: list[dict], fits: dict | None, out_dir: Path) -> list[Pat
                 ax.plot(cn[inside], ce[inside], "-", color=c, lw=1.6)
                 for part in (cn < ns.min(), cn > ns.max()):  # beyond the method's own sizes: dashed
                     if part.any():
-                        ax.plot(cn[part | _edge(part, inside)], ce[part | _edge(part, inside)], "--", color=c, lw=1.2)
-                lo, hi = (np.array([np.nan if v is None else v for v in curve[k]], dtype=float)
-                          for k in ("err_low", "err_high"))
+                        ax.plot(
+                            cn[part | _edge(part, inside)],
+                            ce[part | _edge(part, inside)],
+                            "--",
+                            color=c,
+                            lw=1.2,
+                        )
+                lo, hi = (
+                    np.array([np.nan if v is None else v for v in curve[k]], dtype=float)
+                    for k in ("err_low", "err_high")
+                )
                 if np.isfinite(lo).any():
                     ax.fill_between(cn, lo, hi, color=c, alpha=0.15, lw=0)
         ax.set_xscale("log")
@@ -141,27 +167,56 @@ def _v(x) -> float:
 def multiplier_plot(fits: dict, out_dir: Path) -> list[Path]:
     """Left: summary multiplier per method with CI; right: k(n) per size. Dashed line at 1 = parity."""
     baseline = fits["baseline"]
-    ms = {k: m for k, m in fits["methods"].items() if not m.get("is_baseline") and m.get("multipliers")}
+    ms = {
+        k: m
+        for k, m in fits["methods"].items()
+        if not m.get("is_baseline") and m.get("multipliers")
+    }
     if not ms:
         return []
     col = colours(sorted({m["objective"] for m in fits["methods"].values()}), baseline)
     sources = sorted({m["source"] for m in ms.values()})
     keys = sorted(ms, key=lambda k: (ms[k]["source"], list(col).index(ms[k]["objective"])))
     w_sum = max(4.5, 0.8 * len(keys))  # room for one tick label per method
-    fig, axes = plt.subplots(1, 1 + len(sources), figsize=(w_sum + 5.0 * len(sources), 4.0), squeeze=False,
-                             gridspec_kw={"width_ratios": [w_sum] + [5.0] * len(sources)})
+    fig, axes = plt.subplots(
+        1,
+        1 + len(sources),
+        figsize=(w_sum + 5.0 * len(sources), 4.0),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [w_sum] + [5.0] * len(sources)},
+    )
     ax = axes[0][0]
-    vals = np.array([_v(ms[k].get(f)) for k in keys for f in ("multiplier", "multiplier_low", "multiplier_high")])
+    vals = np.array(
+        [
+            _v(ms[k].get(f))
+            for k in keys
+            for f in ("multiplier", "multiplier_low", "multiplier_high")
+        ]
+    )
     vals = vals[np.isfinite(vals) & (vals > 0)]
     bottom, top = min([0.5, *vals]) / 1.5, max([2.0, *vals]) * 1.5
-    ax.set_ylim(bottom, top * 2)  # explicit: annotations alone would leave a log axis without limits
+    ax.set_ylim(
+        bottom, top * 2
+    )  # explicit: annotations alone would leave a log axis without limits
     for i, k in enumerate(keys):
         m, c = ms[k], col[ms[k]["objective"]]
-        v, lo, hi = _v(m.get("multiplier")), _v(m.get("multiplier_low")), _v(m.get("multiplier_high"))
+        v, lo, hi = (
+            _v(m.get("multiplier")),
+            _v(m.get("multiplier_low")),
+            _v(m.get("multiplier_high")),
+        )
         if not np.isfinite(v):
             txt = "∞\n(unreachable)" if m.get("multiplier_unreachable") else "n/a"
             ax.plot([i], [top], "^" if m.get("multiplier_unreachable") else "x", color=c, ms=9)
-            ax.annotate(txt, (i, top), xytext=(0, -24), textcoords="offset points", ha="center", color=c, fontsize=8)
+            ax.annotate(
+                txt,
+                (i, top),
+                xytext=(0, -24),
+                textcoords="offset points",
+                ha="center",
+                color=c,
+                fontsize=8,
+            )
             continue
         hollow = m.get("multiplier_extrapolated")
         yerr = None
@@ -169,9 +224,12 @@ def multiplier_plot(fits: dict, out_dir: Path) -> list[Path]:
             yerr = [[v - lo], [hi - v]]
         elif np.isfinite(lo):  # upper end unreachable in some replicates
             yerr = [[v - lo], [0]]
-            ax.annotate("↑∞", (i, v), xytext=(6, 0), textcoords="offset points", color=c, fontsize=8)
-        ax.errorbar([i], [v], yerr=yerr, fmt="o", ms=8, capsize=5, color=c,
-                    mfc="white" if hollow else c)
+            ax.annotate(
+                "↑∞", (i, v), xytext=(6, 0), textcoords="offset points", color=c, fontsize=8
+            )
+        ax.errorbar(
+            [i], [v], yerr=yerr, fmt="o", ms=8, capsize=5, color=c, mfc="white" if hollow else c
+        )
         ax.annotate(f"{v:.2g}×", (i, v), xytext=(8, 4), textcoords="offset points", fontsize=8)
     ax.axhline(1.0, ls="--", color="grey", lw=1)
     ax.set_yscale("log")
@@ -188,10 +246,14 @@ def multiplier_plot(fits: dict, out_dir: Path) -> list[Path]:
         per = m["multipliers"]
         fitted = "multiplier" in per[0]
         key = "multiplier" if fitted else "multiplier_measured"
-        arr = {name: np.array([_v(p[f"{key}{suf}"]) for p in per]) for name, suf in
-               (("v", ""), ("lo", "_low"), ("hi", "_high"))}
+        arr = {
+            name: np.array([_v(p[f"{key}{suf}"]) for p in per])
+            for name, suf in (("v", ""), ("lo", "_low"), ("hi", "_high"))
+        }
         arr["n"] = np.array([p["n"] for p in per], dtype=float)
-        arr["ex"] = np.array([p["extrapolated" if fitted else "extrapolated_measured"] for p in per])
+        arr["ex"] = np.array(
+            [p["extrapolated" if fitted else "extrapolated_measured"] for p in per]
+        )
         ax2 = axes[0][1 + sources.index(m["source"])]
         series.append((m, fitted, ax2, arr))
         # Scale to the estimates and lower bounds; wide upper bounds may run off the top.
@@ -201,14 +263,23 @@ def multiplier_plot(fits: dict, out_dir: Path) -> list[Path]:
         ylim[ax2] = (min([lo0, *low]), max([hi0, *(top * 3)]))
     for m, fitted, ax2, a in series:
         c = col[m["objective"]]
-        ax2.plot(a["n"], a["v"], "-", color=c, lw=1.2, label=f"{m['objective']} ({'fit' if fitted else 'measured'})")
+        ax2.plot(
+            a["n"],
+            a["v"],
+            "-",
+            color=c,
+            lw=1.2,
+            label=f"{m['objective']} ({'fit' if fitted else 'measured'})",
+        )
         if np.isfinite(a["lo"]).any():
             # JSON null upper bound with a lower bound = unbounded (baseline never gets there in
             # some replicates): run the band off the top of the panel.
             hi = np.where(np.isnan(a["hi"]) & np.isfinite(a["lo"]), ylim[ax2][1] * 10, a["hi"])
             ax2.fill_between(a["n"], a["lo"], hi, color=c, alpha=0.15, lw=0)
         ax2.scatter(a["n"][~a["ex"]], a["v"][~a["ex"]], color=c, s=25, zorder=3)
-        ax2.scatter(a["n"][a["ex"]], a["v"][a["ex"]], facecolor="white", edgecolor=c, s=25, zorder=3)
+        ax2.scatter(
+            a["n"][a["ex"]], a["v"][a["ex"]], facecolor="white", edgecolor=c, s=25, zorder=3
+        )
     for src, ax2 in zip(sources, axes[0][1:]):
         if ax2 in ylim:
             ax2.set_ylim(ylim[ax2][0] / 1.5, ylim[ax2][1] * 1.5)
@@ -236,8 +307,12 @@ def residual_plot(rows: list[dict], fits: dict, out_dir: Path) -> list[Path]:
     col = colours(sorted({o for o, _ in data}), fits["baseline"])
     fig, axes = _panels(len(sources), rows=2, h=3.2)
     for j, src in enumerate(sources):
-        for i, (label, get) in enumerate((("E + A·n^−α", lambda m: (m["E"], m["A"], m["alpha"])),
-                                          ("A·n^−α (E = 0)", lambda m: (0.0, m["power_law"]["A"], m["power_law"]["alpha"])))):
+        for i, (label, get) in enumerate(
+            (
+                ("E + A·n^−α", lambda m: (m["E"], m["A"], m["alpha"])),
+                ("A·n^−α (E = 0)", lambda m: (0.0, m["power_law"]["A"], m["power_law"]["alpha"])),
+            )
+        ):
             ax = axes[i][j]
             for m in sorted(methods.values(), key=lambda m: list(col).index(m["objective"])):
                 if m["source"] != src:
@@ -245,11 +320,15 @@ def residual_plot(rows: list[dict], fits: dict, out_dir: Path) -> list[Path]:
                 E, A, a = get(m)
                 by_n = data[(m["objective"], src)]
                 ns = np.array(sorted(by_n), dtype=float)
-                res = [np.log(E + A * n ** -a) - np.log(np.maximum(by_n[n], floor)) for n in sorted(by_n)]
+                res = [
+                    np.log(E + A * n**-a) - np.log(np.maximum(by_n[n], floor)) for n in sorted(by_n)
+                ]
                 c = col[m["objective"]]
                 for n, r in zip(ns, res):
                     ax.scatter(np.full(len(r), n), r, s=10, color=c, alpha=0.5, lw=0)
-                ax.plot(ns, [np.mean(r) for r in res], "-o", ms=3, color=c, lw=1, label=m["objective"])
+                ax.plot(
+                    ns, [np.mean(r) for r in res], "-o", ms=3, color=c, lw=1, label=m["objective"]
+                )
             ax.axhline(0, color="grey", lw=1, ls="--")
             ax.set_xscale("log")
             ax.set_title(f"{src}: residuals of {label}", fontsize=9)

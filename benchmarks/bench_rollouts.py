@@ -36,12 +36,20 @@ def train_model(steps: int, seed: int = 0):
     ds = TokenizedPairs(tok, [(e.prompt, e.solution) for e in train])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.98), weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 50, steps))
-    loader = torch.utils.data.DataLoader(ds, 32, shuffle=True, generator=torch.Generator().manual_seed(seed),
-                                         collate_fn=functools.partial(collate_sft, pad_id=tok.pad_token_id))
+    loader = torch.utils.data.DataLoader(
+        ds,
+        32,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=functools.partial(collate_sft, pad_id=tok.pad_token_id),
+    )
     step = 0
     while step < steps:
         for b in loader:
-            lp, m = token_logps(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
+            lp, m = token_logps(
+                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                b["labels"],
+            )
             (-lp.sum() / m.sum()).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(), sched.step(), opt.zero_grad()
@@ -52,14 +60,21 @@ def train_model(steps: int, seed: int = 0):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model-dir", help="a save_pretrained folder, e.g. <run>/model of an SFT run")
     ap.add_argument("--train-steps", type=int, default=600)
     ap.add_argument("--negatives", type=int, default=200)
     ap.add_argument("--rollouts", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=1024, help="rows per decode batch (all rows)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for tiny models on a busy CPU)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 is fastest for tiny models on a busy CPU)",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -78,25 +93,48 @@ def main() -> None:
     else:
         model, tok, train = train_model(args.train_steps)
     model.to(args.device)
-    print(f"model ready in {time.perf_counter() - t0:.1f} s on {args.device}, {args.threads} thread(s)")
+    print(
+        f"model ready in {time.perf_counter() - t0:.1f} s on {args.device}, {args.threads} thread(s)"
+    )
 
     # negatives: incorrect T=1 samples on training prompts (fall back to more prompts until enough)
     negatives: list[tuple[int, str]] = []
     start = 0
     while len(negatives) < args.negatives and start < len(train):
         chunk = train[start : start + 500]
-        outs = generate(model, tok, [e.prompt for e in chunk], args.max_new_tokens, do_sample=True, num_samples=4, seed=start)
+        outs = generate(
+            model,
+            tok,
+            [e.prompt for e in chunk],
+            args.max_new_tokens,
+            do_sample=True,
+            num_samples=4,
+            seed=start,
+        )
         for i, cs in enumerate(outs):
-            negatives += [(start + i, c) for c in cs if not is_correct(c, chunk[i].answer, "procedural") and split_steps(c)]
+            negatives += [
+                (start + i, c)
+                for c in cs
+                if not is_correct(c, chunk[i].answer, "procedural") and split_steps(c)
+            ]
         start += 500
     negatives = negatives[: args.negatives]
     prompts, answers = [e.prompt for e in train], [e.answer for e in train]
-    prefixes = [(p, prefix_text(split_steps(t), i)) for p, t in negatives for i in range(len(split_steps(t)))]
-    ids = [encode_prompt(tok, prompts[p]) + tok(text, add_special_tokens=False)["input_ids"] for p, text in prefixes]
+    prefixes = [
+        (p, prefix_text(split_steps(t), i))
+        for p, t in negatives
+        for i in range(len(split_steps(t)))
+    ]
+    ids = [
+        encode_prompt(tok, prompts[p]) + tok(text, add_special_tokens=False)["input_ids"]
+        for p, text in prefixes
+    ]
     m = args.rollouts
     n_rollouts = len(ids) * m
-    print(f"{len(negatives)} negatives, {len(ids)} prefixes (mean {sum(map(len, ids)) / len(ids):.0f} tokens), "
-          f"M={m}: {n_rollouts} rollouts per row")
+    print(
+        f"{len(negatives)} negatives, {len(ids)} prefixes (mean {sum(map(len, ids)) / len(ids):.0f} tokens), "
+        f"M={m}: {n_rollouts} rollouts per row"
+    )
 
     def timed(fn):
         t = time.perf_counter()
@@ -105,19 +143,68 @@ def main() -> None:
 
     rows = []
     texts = [prompts[p] + text for p, text in prefixes]
-    dt, gen_out = timed(lambda: generate(model, tok, texts, args.max_new_tokens, do_sample=True, num_samples=m,
-                                         batch_size=args.batch_size, seed=0))
-    rows.append(("naive-generate (HF, prefix copied M times)", n_rollouts, dt, sum(len(c) for cs in gen_out for c in cs)))
-    kw = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, seeds=list(range(len(ids))),
-              batch_size=args.batch_size)
-    dt, naive = timed(lambda: sample_continuations(model, ids, m, args.max_new_tokens, share_prefix=False, **kw))
-    rows.append(("naive-loop (engine, share_prefix=False)", n_rollouts, dt, sum(len(c) for cs in naive for c in cs)))
-    dt, shared = timed(lambda: sample_continuations(model, ids, m, args.max_new_tokens, share_prefix=True, **kw))
-    rows.append(("prefix-reuse (engine, share_prefix=True)", n_rollouts, dt, sum(len(c) for cs in shared for c in cs)))
+    dt, gen_out = timed(
+        lambda: generate(
+            model,
+            tok,
+            texts,
+            args.max_new_tokens,
+            do_sample=True,
+            num_samples=m,
+            batch_size=args.batch_size,
+            seed=0,
+        )
+    )
+    rows.append(
+        (
+            "naive-generate (HF, prefix copied M times)",
+            n_rollouts,
+            dt,
+            sum(len(c) for cs in gen_out for c in cs),
+        )
+    )
+    kw = dict(
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        seeds=list(range(len(ids))),
+        batch_size=args.batch_size,
+    )
+    dt, naive = timed(
+        lambda: sample_continuations(model, ids, m, args.max_new_tokens, share_prefix=False, **kw)
+    )
+    rows.append(
+        (
+            "naive-loop (engine, share_prefix=False)",
+            n_rollouts,
+            dt,
+            sum(len(c) for cs in naive for c in cs),
+        )
+    )
+    dt, shared = timed(
+        lambda: sample_continuations(model, ids, m, args.max_new_tokens, share_prefix=True, **kw)
+    )
+    rows.append(
+        (
+            "prefix-reuse (engine, share_prefix=True)",
+            n_rollouts,
+            dt,
+            sum(len(c) for cs in shared for c in cs),
+        )
+    )
     same = shared == naive
-    dt, (items, stats) = timed(lambda: rollout_negatives(
-        model, tok, negatives, prompts, answers, "procedural", rollouts=m, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size))
+    dt, (items, stats) = timed(
+        lambda: rollout_negatives(
+            model,
+            tok,
+            negatives,
+            prompts,
+            answers,
+            "procedural",
+            rollouts=m,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+        )
+    )
     rows.append(("prefix-reuse + dedup + early stop (step_dpo)", stats.rollouts, dt, stats.tokens))
 
     print(f"\n{'row':48s} {'rollouts':>9s} {'time s':>8s} {'rollouts/s':>11s} {'tokens/s':>10s}")
@@ -125,10 +212,14 @@ def main() -> None:
         print(f"{name:48s} {n:9d} {dt:8.2f} {n / dt:11.1f} {tokens / dt:10.0f}")
     base_gen, base_loop, fast, full = (r[1] / r[2] for r in rows)
     print(f"\nprefix reuse vs naive generate : {fast / base_gen:.2f}x rollouts/s")
-    print(f"prefix reuse vs naive loop     : {fast / base_loop:.2f}x rollouts/s (identical tokens: {same})")
-    print(f"step values of all {len(negatives)} negatives: naive generate {rows[0][2]:.1f} s -> "
-          f"step_dpo engine {rows[3][2]:.1f} s ({rows[0][2] / rows[3][2]:.1f}x less time, "
-          f"{stats.rollouts} instead of {n_rollouts} rollouts)")
+    print(
+        f"prefix reuse vs naive loop     : {fast / base_loop:.2f}x rollouts/s (identical tokens: {same})"
+    )
+    print(
+        f"step values of all {len(negatives)} negatives: naive generate {rows[0][2]:.1f} s -> "
+        f"step_dpo engine {rows[3][2]:.1f} s ({rows[0][2] / rows[3][2]:.1f}x less time, "
+        f"{stats.rollouts} instead of {n_rollouts} rollouts)"
+    )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ def tiny_workload(batch_size: int, varied: bool, seed: int = 0):
 
     model, tok = tiny_gpt(2, 128, 4, 128, seed=seed)
     if varied:  # 2-5 steps per problem, shuffled: a spread of lengths, as in real data
-        train = [e for s in (2, 3, 4, 5) for e in procedural_split(500, seed + s, 10, 12345, 1, s, 7)[0]]
+        train = [
+            e for s in (2, 3, 4, 5) for e in procedural_split(500, seed + s, 10, 12345, 1, s, 7)[0]
+        ]
         random.Random(seed).shuffle(train)
     else:  # cpu_default: every problem has 4 steps, hence the same length (no padding at all)
         train, _ = procedural_split(2000, seed, 500, 12345, chains=1, steps=4, modulus=7)
@@ -56,18 +58,30 @@ def tiny_workload(batch_size: int, varied: bool, seed: int = 0):
         i = rng.choice(digits)
         r[i] = tok.convert_tokens_to_ids(str((int(tok.convert_ids_to_tokens(r[i])) + 1) % 7))
         rejected.append(r)
-    groups = [list(range(i, i + batch_size)) for i in range(0, len(seqs) - batch_size + 1, batch_size)]
+    groups = [
+        list(range(i, i + batch_size)) for i in range(0, len(seqs) - batch_size + 1, batch_size)
+    ]
     return model, tok, seqs, rejected, groups
 
 
-def qwen_workload(batch_size: int, seq_len: int, n_batches: int, varied: bool, layers: int = 24, seed: int = 0):
+def qwen_workload(
+    batch_size: int, seq_len: int, n_batches: int, varied: bool, layers: int = 24, seed: int = 0
+):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from eightfold.models import char_tokenizer
 
-    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=layers,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                         tie_word_embeddings=True, attn_implementation="sdpa")
+    config = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=layers,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     tok = char_tokenizer()  # only its pad / eos ids are used
@@ -84,13 +98,19 @@ def qwen_workload(batch_size: int, seq_len: int, n_batches: int, varied: bool, l
 
 # ----------------------------------------------------------------------------- plain loops
 def sft_loss(logits: torch.Tensor, b: dict) -> torch.Tensor:
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), b["labels"][:, 1:].flatten(), ignore_index=-100)
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), b["labels"][:, 1:].flatten(), ignore_index=-100
+    )
 
 
 def dpo_loss(logits: torch.Tensor, b: dict, beta: float = 0.1) -> torch.Tensor:
     labels = b["labels"][:, 1:]
     mask = labels != -100
-    logps = torch.log_softmax(logits[:, :-1].float(), -1).gather(2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    logps = (
+        torch.log_softmax(logits[:, :-1].float(), -1)
+        .gather(2, labels.clamp(min=0).unsqueeze(-1))
+        .squeeze(-1)
+    )
     seq = (logps * mask).sum(-1)
     n = seq.shape[0] // 2
     margin = (seq[:n] - b["ref_chosen_logps"]) - (seq[n:] - b["ref_rejected_logps"])
@@ -99,8 +119,9 @@ def dpo_loss(logits: torch.Tensor, b: dict, beta: float = 0.1) -> torch.Tensor:
 
 def plain_loop(loss_fn, model, batches, steps, warmup, lr, device, precision) -> tuple[float, int]:
     """The hand-written baseline: forward, loss, backward, clip, AdamW, schedule; nothing else."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1,
-                            fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1, fused=device.type == "cuda"
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     model.train()
@@ -111,7 +132,9 @@ def plain_loop(loss_fn, model, batches, steps, warmup, lr, device, precision) ->
             t0 = time.perf_counter()
         b = {k: v.to(device, non_blocking=True) for k, v in batches[step % len(batches)].items()}
         with autocast:
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+            logits = model(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False
+            ).logits
         loss_fn(logits, b).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -152,7 +175,9 @@ class StepTimer:
         return self.t1 - self.t0
 
 
-def eightfold_fit(objective, model, tok, batches, tokens_per_batch, args, device, perf: list[str]) -> tuple[float, int]:
+def eightfold_fit(
+    objective, model, tok, batches, tokens_per_batch, args, device, perf: list[str]
+) -> tuple[float, int]:
     """Train with the objective's module and the Trainer a run builds, from the composed config."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -161,10 +186,15 @@ def eightfold_fit(objective, model, tok, batches, tokens_per_batch, args, device
 
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     overrides = [
-        "experiment=cpu_default", f"objective={objective}", f"trainer.max_steps={args.steps}",
-        f"trainer.accelerator={accelerator}", f"trainer.precision={args.precision}",
-        "trainer.enable_progress_bar=true", f"checkpoint_every_n_steps={10 * args.steps}",
-        f"objective.module.lr={args.lr}", *perf,
+        "experiment=cpu_default",
+        f"objective={objective}",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.accelerator={accelerator}",
+        f"trainer.precision={args.precision}",
+        "trainer.enable_progress_bar=true",
+        f"checkpoint_every_n_steps={10 * args.steps}",
+        f"objective.module.lr={args.lr}",
+        *perf,
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
@@ -199,33 +229,57 @@ def build_batches(objective, tok, seqs, rejected, groups, pack_length=None, ref=
     if objective == "sft":
         return [collate_sft([seqs[i] for i in g], pad, pack_length) for g in groups]
     return [
-        collate_preference([(TokenizedPair(seqs[i][0], seqs[i][1], rejected[i]), ref[i]) for i in g], pad, pack_length)
+        collate_preference(
+            [(TokenizedPair(seqs[i][0], seqs[i][1], rejected[i]), ref[i]) for i in g],
+            pad,
+            pack_length,
+        )
         for g in groups
     ]
 
 
 def real_tokens(batch) -> int:
-    return int((batch["seq_ids"] >= 0).sum()) if "seq_ids" in batch else int(batch["attention_mask"].sum())
+    return (
+        int((batch["seq_ids"] >= 0).sum())
+        if "seq_ids" in batch
+        else int(batch["attention_mask"].sum())
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--objective", choices=["sft", "dpo", "both"], default="both")
     ap.add_argument("--model", choices=["tiny", "qwen0.5b"], default="tiny")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--precision", default=None, help="32-true (CPU default) or bf16-mixed (GPU default)")
+    ap.add_argument(
+        "--precision", default=None, help="32-true (CPU default) or bf16-mixed (GPU default)"
+    )
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=None, help="tiny: 32, qwen0.5b: 8")
     ap.add_argument("--seq-len", type=int, default=1024, help="qwen0.5b: tokens per sequence")
-    ap.add_argument("--varied", action="store_true",
-                    help="sequences of varied length (tiny: 1-4 steps; qwen0.5b: 256..seq-len tokens), "
-                         "where padding costs and packing pays")
-    ap.add_argument("--chunk", type=int, default=4096, help="perf.logits_chunk_size of the chunked row")
-    ap.add_argument("--repeats", type=int, default=2, help="alternate plain / eightfold this many times")
+    ap.add_argument(
+        "--varied",
+        action="store_true",
+        help="sequences of varied length (tiny: 1-4 steps; qwen0.5b: 256..seq-len tokens), "
+        "where padding costs and packing pays",
+    )
+    ap.add_argument(
+        "--chunk", type=int, default=4096, help="perf.logits_chunk_size of the chunked row"
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="alternate plain / eightfold this many times"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--layers", type=int, default=24, help="qwen0.5b: decoder layers (fewer = a quick check of the path)")
+    ap.add_argument(
+        "--layers",
+        type=int,
+        default=24,
+        help="qwen0.5b: decoder layers (fewer = a quick check of the path)",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     args.precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
@@ -238,12 +292,16 @@ def main() -> None:
         base, tok, seqs, rejected, groups = tiny_workload(args.batch_size or 32, args.varied)
         pack_length = 128
     else:
-        base, tok, seqs, rejected, groups = qwen_workload(args.batch_size or 8, args.seq_len, 4, args.varied, args.layers)
+        base, tok, seqs, rejected, groups = qwen_workload(
+            args.batch_size or 8, args.seq_len, 4, args.varied, args.layers
+        )
         pack_length = args.seq_len
     n_params = sum(p.numel() for p in base.parameters())
-    print(f"model {args.model}: {n_params / 1e6:.2f} M parameters on {device} ({args.precision}), "
-          f"{torch.get_num_threads()} CPU thread(s); {len(groups)} batches of {len(groups[0])}; "
-          f"{args.steps} steps, timed after {args.warmup}")
+    print(
+        f"model {args.model}: {n_params / 1e6:.2f} M parameters on {device} ({args.precision}), "
+        f"{torch.get_num_threads()} CPU thread(s); {len(groups)} batches of {len(groups[0])}; "
+        f"{args.steps} steps, timed after {args.warmup}"
+    )
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()}")
 
@@ -270,29 +328,60 @@ def main() -> None:
 
         for _ in range(args.repeats):  # alternate, so a noisy neighbour hits both alike
             model = copy.deepcopy(base).to(device)
-            record("plain torch loop", *plain(model, padded, args.steps, args.warmup, args.lr, device, args.precision))
+            record(
+                "plain torch loop",
+                *plain(model, padded, args.steps, args.warmup, args.lr, device, args.precision),
+            )
             model = copy.deepcopy(base).to(device)
-            record("eightfold (Lightning + Hydra config)",
-                   *eightfold_fit(objective, model, tok, padded, tokens_padded, args, device, []))
+            record(
+                "eightfold (Lightning + Hydra config)",
+                *eightfold_fit(objective, model, tok, padded, tokens_padded, args, device, []),
+            )
         model = copy.deepcopy(base).to(device)
-        record("eightfold + perf.packing",
-               *eightfold_fit(objective, model, tok, packed, [real_tokens(b) for b in packed], args, device,
-                              ["perf.packing=true", f"perf.pack_length={pack_length}"]))
+        record(
+            "eightfold + perf.packing",
+            *eightfold_fit(
+                objective,
+                model,
+                tok,
+                packed,
+                [real_tokens(b) for b in packed],
+                args,
+                device,
+                ["perf.packing=true", f"perf.pack_length={pack_length}"],
+            ),
+        )
         model = copy.deepcopy(base).to(device)
-        record(f"eightfold + perf.logits_chunk_size={args.chunk}",
-               *eightfold_fit(objective, model, tok, padded, tokens_padded, args, device,
-                              [f"perf.logits_chunk_size={args.chunk}"]))
+        record(
+            f"eightfold + perf.logits_chunk_size={args.chunk}",
+            *eightfold_fit(
+                objective,
+                model,
+                tok,
+                padded,
+                tokens_padded,
+                args,
+                device,
+                [f"perf.logits_chunk_size={args.chunk}"],
+            ),
+        )
         pad_frac = 1 - sum(tokens_padded) / sum(int(b["input_ids"].numel()) for b in padded)
-        print(f"\n{objective.upper()}: padding is {100 * pad_frac:.1f}% of the padded batches' tokens")
+        print(
+            f"\n{objective.upper()}: padding is {100 * pad_frac:.1f}% of the padded batches' tokens"
+        )
         print(f"{'row':46s} {'tokens/s (best)':>16s} {'all repeats':>24s} {'vs plain':>9s}")
         best_plain = max(rows["plain torch loop"])
-        flops_per_token = 6 * n_params  # policy forward + backward; the DPO reference pass is cached
+        flops_per_token = (
+            6 * n_params
+        )  # policy forward + backward; the DPO reference pass is cached
         for name, values in rows.items():
             extra = ""
             if device.type == "cuda":
                 extra = f"  MFU {100 * max(values) * flops_per_token / 989e12:.1f}%"
-            print(f"{name:46s} {max(values):16,.0f} {' '.join(f'{v:,.0f}' for v in values):>24s} "
-                  f"{max(values) / best_plain:8.3f}x{extra}")
+            print(
+                f"{name:46s} {max(values):16,.0f} {' '.join(f'{v:,.0f}' for v in values):>24s} "
+                f"{max(values) / best_plain:8.3f}x{extra}"
+            )
 
 
 if __name__ == "__main__":

@@ -27,15 +27,27 @@ def smoke_cfg(tmp_path: Path):
 
     def make(*overrides: str) -> DictConfig:
         return compose_cfg(
-            ["experiment=smoke", f"paths.root={tmp_path}", "trainer.enable_progress_bar=false", *overrides]
+            [
+                "experiment=smoke",
+                f"paths.root={tmp_path}",
+                "trainer.enable_progress_bar=false",
+                *overrides,
+            ]
         )
 
     return make
 
 
-def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """Run a console entry point of this project in a subprocess (the real CLI, real files)."""
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -11,7 +11,9 @@ from eightfold_analysis.cli import main
 SIZES = [100, 300, 1000, 3000]
 
 
-def write_sweep(root, sizes=SIZES, seeds=2, objectives=(("sft", 1.0), ("rft", 2.0), ("step_dpo", 8.0))):
+def write_sweep(
+    root, sizes=SIZES, seeds=2, objectives=(("sft", 1.0), ("rft", 2.0), ("step_dpo", 8.0))
+):
     rng = np.random.default_rng(0)
     for obj, k in objectives:
         for n in sizes:
@@ -20,10 +22,22 @@ def write_sweep(root, sizes=SIZES, seeds=2, objectives=(("sft", 1.0), ("rft", 2.
                 d.mkdir(parents=True)
                 (d / "config.yaml").write_text(f"objective: {obj}\n")
                 err = float((0.1 + 2.0 * (k * n) ** -0.4) * np.exp(rng.normal(0, 0.03)))
-                (d / "result.json").write_text(json.dumps({
-                    "objective": obj, "source": "procedural", "n": n, "seed": s, "test_error": err,
-                    "test_accuracy": 1 - err, "config_hash": "h", "config_path": str(d / "config.yaml"),
-                    "run_dir": str(d), "wall_time_s": 1.0}))
+                (d / "result.json").write_text(
+                    json.dumps(
+                        {
+                            "objective": obj,
+                            "source": "procedural",
+                            "n": n,
+                            "seed": s,
+                            "test_error": err,
+                            "test_accuracy": 1 - err,
+                            "config_hash": "h",
+                            "config_path": str(d / "config.yaml"),
+                            "run_dir": str(d),
+                            "wall_time_s": 1.0,
+                        }
+                    )
+                )
     return root
 
 
@@ -36,8 +50,18 @@ def write_csv(path, rows, fields=("objective", "source", "n", "seed", "test_erro
 
 
 def good_rows(sizes=SIZES):
-    return [{"objective": o, "source": "p", "n": n, "seed": s, "test_error": 0.1 + 2.0 * (k * n) ** -0.4 * (1 + 0.01 * s)}
-            for o, k in (("sft", 1), ("rft", 2)) for n in sizes for s in range(2)]
+    return [
+        {
+            "objective": o,
+            "source": "p",
+            "n": n,
+            "seed": s,
+            "test_error": 0.1 + 2.0 * (k * n) ** -0.4 * (1 + 0.01 * s),
+        }
+        for o, k in (("sft", 1), ("rft", 2))
+        for n in sizes
+        for s in range(2)
+    ]
 
 
 def run_err(argv, capsys):
@@ -57,15 +81,40 @@ def test_all_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["all", str(root), "--out", str(out), "--n-boot", "100"]) == 0
     assert capsys.readouterr().out.strip() == str(out / "report.md")
-    for name in ("results.csv", "results.csv.problems.json", "fits.json", "report.md", "scaling.png",
-                 "scaling.pdf", "multipliers.png", "multipliers.pdf", "residuals.png", "residuals.pdf"):
+    for name in (
+        "results.csv",
+        "results.csv.problems.json",
+        "fits.json",
+        "report.md",
+        "scaling.png",
+        "scaling.pdf",
+        "multipliers.png",
+        "multipliers.pdf",
+        "residuals.png",
+        "residuals.pdf",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "scaling.pdf").read_bytes()[:5] == b"%PDF-"
     fits = json.loads((out / "fits.json").read_text())
     m = fits["methods"]["step_dpo/procedural"]
-    for key in ("E", "E_low", "E_high", "A", "A_low", "A_high", "alpha", "alpha_low", "alpha_high",
-                "power_law", "goodness_of_fit", "multiplier", "multiplier_low", "multiplier_high", "multipliers"):
+    for key in (
+        "E",
+        "E_low",
+        "E_high",
+        "A",
+        "A_low",
+        "A_high",
+        "alpha",
+        "alpha_low",
+        "alpha_high",
+        "power_law",
+        "goodness_of_fit",
+        "multiplier",
+        "multiplier_low",
+        "multiplier_high",
+        "multipliers",
+    ):
         assert key in m, key
     assert 5 < m["multiplier"] < 12
     report = (out / "report.md").read_text()
@@ -75,25 +124,68 @@ def test_all_end_to_end(tmp_path, capsys):
 
 def test_fit_then_plot_from_fits_file(tmp_path, capsys):
     csv_path = write_csv(tmp_path / "r.csv", good_rows())
-    assert main(["fit", str(csv_path), "-o", str(tmp_path / "f.json"), "--n-boot", "50", "--seed", "3"]) == 0
+    assert (
+        main(
+            ["fit", str(csv_path), "-o", str(tmp_path / "f.json"), "--n-boot", "50", "--seed", "3"]
+        )
+        == 0
+    )
     fits = json.loads((tmp_path / "f.json").read_text())
     assert fits["seed"] == 3 and fits["n_boot"] == 50 and fits["baseline"] == "sft"
-    assert main(["plot", str(csv_path), "--out", str(tmp_path / "p"), "--fits", str(tmp_path / "f.json")]) == 0
-    assert {p.name for p in (tmp_path / "p").iterdir()} >= {"scaling.png", "scaling.pdf", "multipliers.png", "residuals.pdf"}
+    assert (
+        main(
+            [
+                "plot",
+                str(csv_path),
+                "--out",
+                str(tmp_path / "p"),
+                "--fits",
+                str(tmp_path / "f.json"),
+            ]
+        )
+        == 0
+    )
+    assert {p.name for p in (tmp_path / "p").iterdir()} >= {
+        "scaling.png",
+        "scaling.pdf",
+        "multipliers.png",
+        "residuals.pdf",
+    }
     capsys.readouterr()
-    assert main(["report", str(csv_path), "--out", str(tmp_path / "rep"), "--fits", str(tmp_path / "f.json")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(csv_path),
+                "--out",
+                str(tmp_path / "rep"),
+                "--fits",
+                str(tmp_path / "f.json"),
+            ]
+        )
+        == 0
+    )
     assert "rft/p" in (tmp_path / "rep" / "report.md").read_text()
 
 
 def test_empty_sweep_root(tmp_path, capsys):
-    assert "no runs under" in run_err(["collect", str(tmp_path), "-o", str(tmp_path / "r.csv")], capsys)
-    assert "does not exist" in run_err(["all", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], capsys)
+    assert "no runs under" in run_err(
+        ["collect", str(tmp_path), "-o", str(tmp_path / "r.csv")], capsys
+    )
+    assert "does not exist" in run_err(
+        ["all", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], capsys
+    )
 
 
 def test_missing_column_is_named(tmp_path, capsys):
-    p = write_csv(tmp_path / "r.csv", good_rows(), fields=("objective", "source", "n", "test_error"))
+    p = write_csv(
+        tmp_path / "r.csv", good_rows(), fields=("objective", "source", "n", "test_error")
+    )
     line = run_err(["fit", str(p)], capsys)
-    assert "missing column(s) seed" in line and "required columns: objective, source, n, seed, test_error" in line
+    assert (
+        "missing column(s) seed" in line
+        and "required columns: objective, source, n, seed, test_error" in line
+    )
 
 
 def test_nan_value_is_rejected(tmp_path, capsys):
@@ -104,13 +196,17 @@ def test_nan_value_is_rejected(tmp_path, capsys):
 
 
 def test_unknown_baseline_lists_available(tmp_path, capsys):
-    line = run_err(["fit", str(write_csv(tmp_path / "r.csv", good_rows())), "--baseline", "ppo"], capsys)
+    line = run_err(
+        ["fit", str(write_csv(tmp_path / "r.csv", good_rows())), "--baseline", "ppo"], capsys
+    )
     assert "'ppo'" in line and "available: rft, sft" in line
 
 
 def test_all_errors_zero(tmp_path, capsys):
     rows = [dict(r, test_error=0.0) for r in good_rows()]
-    line = run_err(["fit", str(write_csv(tmp_path / "r.csv", rows)), "-o", str(tmp_path / "f.json")], capsys)
+    line = run_err(
+        ["fit", str(write_csv(tmp_path / "r.csv", rows)), "-o", str(tmp_path / "f.json")], capsys
+    )
     assert "test_error 0" in line and "log-space fit is impossible" in line
     assert not (tmp_path / "f.json").exists()
 
@@ -124,7 +220,9 @@ def test_one_data_size_still_collects_and_plots(tmp_path, capsys):
     assert "No fits:" in (out / "report.md").read_text()
     line = run_err(["fit", str(out / "results.csv")], capsys)
     assert "fewer than 3 distinct data sizes" in line
-    assert main(["plot", str(out / "results.csv"), "--out", str(tmp_path / "p")]) == 0  # points only
+    assert (
+        main(["plot", str(out / "results.csv"), "--out", str(tmp_path / "p")]) == 0
+    )  # points only
     assert "without fitted curves" in capsys.readouterr().err
 
 
@@ -133,13 +231,19 @@ def test_bad_options(tmp_path, capsys):
     assert "--ci" in run_err(["fit", p, "--ci", "95"], capsys)
     assert "--n-boot" in run_err(["fit", p, "--n-boot", "-1"], capsys)
     assert "does not exist" in run_err(["fit", str(tmp_path / "none.csv")], capsys)
-    assert "cannot read fits file" in run_err(["plot", p, "--out", str(tmp_path), "--fits", p], capsys)
+    assert "cannot read fits file" in run_err(
+        ["plot", p, "--out", str(tmp_path), "--fits", p], capsys
+    )
     (tmp_path / "other.json").write_text('{"a": 1}')
-    line = run_err(["plot", p, "--out", str(tmp_path), "--fits", str(tmp_path / "other.json")], capsys)
+    line = run_err(
+        ["plot", p, "--out", str(tmp_path), "--fits", str(tmp_path / "other.json")], capsys
+    )
     assert "not an eightfold fits.json" in line
 
 
-@pytest.mark.parametrize("cmd", [["collect"], ["fit"], ["plot", "x"], ["report", "x"], ["all", "x"]])
+@pytest.mark.parametrize(
+    "cmd", [["collect"], ["fit"], ["plot", "x"], ["report", "x"], ["all", "x"]]
+)
 def test_usage_errors_exit_2(cmd):
     with pytest.raises(SystemExit) as e:
         main(cmd)

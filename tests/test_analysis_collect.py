@@ -22,9 +22,19 @@ def make_run(root, name, result=None, failed=None, sub="runs"):
 
 
 def result(obj, n, seed, err, **extra):
-    return {"objective": obj, "source": "procedural", "n": n, "seed": seed, "test_error": err,
-            "test_accuracy": 1 - err, "config_hash": f"{obj}{n}{seed}", "config_path": "c.yaml",
-            "run_dir": f"/x/{obj}-{n}-{seed}", "wall_time_s": 3.5, **extra}
+    return {
+        "objective": obj,
+        "source": "procedural",
+        "n": n,
+        "seed": seed,
+        "test_error": err,
+        "test_accuracy": 1 - err,
+        "config_hash": f"{obj}{n}{seed}",
+        "config_path": "c.yaml",
+        "run_dir": f"/x/{obj}-{n}-{seed}",
+        "wall_time_s": 3.5,
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -32,8 +42,18 @@ def sweep(tmp_path):
     make_run(tmp_path, "sft-100-0", result("sft", 100, 0, 0.5, lr=1e-5, tags=["a"]))
     make_run(tmp_path, "sft-100-1", result("sft", 100, 1, 0.4))
     make_run(tmp_path, "rft-100-0", result("rft", 100, 0, 0.3))
-    make_run(tmp_path, "rft-100-1", failed={"error": "CUDA out of memory", "objective": "rft",
-                                            "source": "procedural", "n": 100, "seed": 1, "config_hash": "h"})
+    make_run(
+        tmp_path,
+        "rft-100-1",
+        failed={
+            "error": "CUDA out of memory",
+            "objective": "rft",
+            "source": "procedural",
+            "n": 100,
+            "seed": 1,
+            "config_hash": "h",
+        },
+    )
     make_run(tmp_path, "dpo-100-0")  # still running / killed
     make_run(tmp_path, "dpo-100-1", result("dpo", 100, 1, float("nan")))  # a broken result
     (tmp_path / "runs" / "sft-100-0" / ".hydra").mkdir()
@@ -46,12 +66,24 @@ def sweep(tmp_path):
 def test_collect_rows_and_problems(sweep):
     rows, problems = C.collect(sweep)
     assert [(r["objective"], r["n"], r["seed"]) for r in rows] == [
-        ("rft", 100, 0), ("sft", 100, 0), ("sft", 100, 1), ("sft", 200, 0)]
+        ("rft", 100, 0),
+        ("sft", 100, 0),
+        ("sft", 100, 1),
+        ("sft", 200, 0),
+    ]
     assert rows[1]["lr"] == 1e-5 and "tags" not in rows[1]  # scalar extras only
     status = {p["run_dir"]: p["status"] for p in problems}
-    assert status == {"runs/rft-100-1": "failed", "runs/dpo-100-0": "incomplete", "runs/dpo-100-1": "invalid"}
+    assert status == {
+        "runs/rft-100-1": "failed",
+        "runs/dpo-100-0": "incomplete",
+        "runs/dpo-100-1": "invalid",
+    }
     failed = next(p for p in problems if p["status"] == "failed")
-    assert failed["error"] == "CUDA out of memory" and failed["objective"] == "rft" and failed["n"] == 100
+    assert (
+        failed["error"] == "CUDA out of memory"
+        and failed["objective"] == "rft"
+        and failed["n"] == 100
+    )
 
 
 def test_collect_cli_writes_csv_sidecar_and_lists_problems(sweep, tmp_path, capsys):
@@ -63,14 +95,35 @@ def test_collect_cli_writes_csv_sidecar_and_lists_problems(sweep, tmp_path, caps
     with open(out, newline="") as f:
         reader = csv.DictReader(f)
         got = list(reader)
-    assert reader.fieldnames[:7] == ["objective", "source", "n", "seed", "test_error", "test_accuracy", "config_hash"]
+    assert reader.fieldnames[:7] == [
+        "objective",
+        "source",
+        "n",
+        "seed",
+        "test_error",
+        "test_accuracy",
+        "config_hash",
+    ]
     assert {"run_dir", "wall_time_s", "lr"} <= set(reader.fieldnames)
     assert len(got) == 4 and float(got[0]["test_error"]) == 0.3
     side = json.loads(C.problems_path(out).read_text())
-    assert (side["n_finished"], side["n_failed"], side["n_incomplete"], side["n_invalid"]) == (4, 1, 1, 1)
-    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]  # atomic writes cleaned up
+    assert (side["n_finished"], side["n_failed"], side["n_incomplete"], side["n_invalid"]) == (
+        4,
+        1,
+        1,
+        1,
+    )
+    assert not [
+        p for p in out.parent.iterdir() if p.name.endswith(".tmp")
+    ]  # atomic writes cleaned up
     rows = C.read_results(out)  # round trip into typed rows
-    assert rows[0] == {"objective": "rft", "source": "procedural", "n": 100, "seed": 0, "test_error": 0.3}
+    assert rows[0] == {
+        "objective": "rft",
+        "source": "procedural",
+        "n": 100,
+        "seed": 0,
+        "test_error": 0.3,
+    }
 
 
 def test_accuracy_only_result_is_accepted(tmp_path):

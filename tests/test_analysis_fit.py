@@ -19,9 +19,17 @@ def curve(n, E=TRUE["E"], A=TRUE["A"], alpha=TRUE["alpha"]):
 
 def rows_for(rng, objective="sft", k=1.0, seeds=4, noise=0.04, sizes=SIZES, source="p", **params):
     """Runs of a method worth k times the baseline's data: err(n) = err_b(k n), log-normal noise."""
-    return [{"objective": objective, "source": source, "n": n, "seed": s,
-             "test_error": float(curve(k * n, **params) * np.exp(rng.normal(0, noise)))}
-            for n in sizes for s in range(seeds)]
+    return [
+        {
+            "objective": objective,
+            "source": source,
+            "n": n,
+            "seed": s,
+            "test_error": float(curve(k * n, **params) * np.exp(rng.normal(0, noise))),
+        }
+        for n in sizes
+        for s in range(seeds)
+    ]
 
 
 def test_nnls2_matches_scipy_nnls():
@@ -33,6 +41,7 @@ def test_nnls2_matches_scipy_nnls():
         E, A = F.nnls2(x, t, om)
         s = np.sqrt(om)
         ref, _ = optimize.nnls(np.c_[np.ones(6), x] * s[:, None], t * s)
+
         def obj(e, a, x=x, t=t, om=om):
             return (om * (e + a * x - t) ** 2).sum()
 
@@ -57,17 +66,30 @@ def test_grid_fit_reaches_the_global_optimum():
                 return 1e30, np.zeros(3)
             r = np.log(yh / y)
             g = np.clip(r, -0.05, 0.05) / yh
-            return F._huber(r, 0.05).sum(), np.array([g.sum(), (g * x).sum(), -(g * th[1] * x * u).sum()])
+            return F._huber(r, 0.05).sum(), np.array(
+                [g.sum(), (g * x).sum(), -(g * th[1] * x * u).sum()]
+            )
 
-        best = min(optimize.minimize(loss, [e0, max(y.mean() - e0, 1e-3), a0], jac=True, method="L-BFGS-B",
-                                     bounds=[(0, None), (1e-12, None), (0.01, 3)]).fun
-                   for a0 in np.geomspace(0.02, 2, 6) for e0 in (0, 0.2))
+        best = min(
+            optimize.minimize(
+                loss,
+                [e0, max(y.mean() - e0, 1e-3), a0],
+                jac=True,
+                method="L-BFGS-B",
+                bounds=[(0, None), (1e-12, None), (0.01, 3)],
+            ).fun
+            for a0 in np.geomspace(0.02, 2, 6)
+            for e0 in (0, 0.2)
+        )
         assert got[3] <= best * 1.01 + 1e-9
 
 
 def test_noise_free_data_recovers_parameters_exactly():
-    rows = [{"objective": "sft", "source": "p", "n": n, "seed": s, "test_error": float(curve(n))}
-            for n in SIZES for s in range(2)]
+    rows = [
+        {"objective": "sft", "source": "p", "n": n, "seed": s, "test_error": float(curve(n))}
+        for n in SIZES
+        for s in range(2)
+    ]
     m = F.fit_table(rows, n_boot=0)["methods"]["sft/p"]
     for name, v in TRUE.items():
         assert m[name] == pytest.approx(v, rel=1e-3)
@@ -78,7 +100,11 @@ def test_noisy_fit_recovers_truth_within_intervals():
     fits = F.fit_table(rows, n_boot=500, seed=0)
     m = fits["methods"]["sft/p"]
     for name, v in TRUE.items():
-        assert m[f"{name}_low"] <= v <= m[f"{name}_high"], (name, m[f"{name}_low"], m[f"{name}_high"])
+        assert m[f"{name}_low"] <= v <= m[f"{name}_high"], (
+            name,
+            m[f"{name}_low"],
+            m[f"{name}_high"],
+        )
         assert m[f"{name}_low"] <= m[name] <= m[f"{name}_high"]
     assert fits["bootstrap_mode"] == "seed" and "stratified" in fits["ci_method"]
     assert m["preferred_model"] == "saturating"  # E = 0.15 is far from zero
@@ -133,7 +159,9 @@ def test_huber_resists_a_diverged_seed():
     clean = F.fit_table(rows, n_boot=0)["methods"]["sft/p"]["alpha"]
     rows[len(rows) // 2]["test_error"] = 0.95  # one run blew up
     hub = F.fit_table(rows, n_boot=0)["methods"]["sft/p"]["alpha"]
-    ls = F.fit_table(rows, n_boot=0, huber_delta=100.0)["methods"]["sft/p"]["alpha"]  # ~least squares
+    ls = F.fit_table(rows, n_boot=0, huber_delta=100.0)["methods"]["sft/p"][
+        "alpha"
+    ]  # ~least squares
     assert abs(hub - clean) < abs(ls - clean)
     assert abs(hub - clean) < 0.05
 

@@ -21,8 +21,15 @@ def rows_for(rng, objective, k=1.0, seeds=4, noise=0.03, sizes=SIZES, shared=Non
     for n in sizes:
         for s in range(seeds):
             common = 0.0 if shared is None else shared[(n, s)]
-            out.append({"objective": objective, "source": "p", "n": n, "seed": s,
-                        "test_error": float(curve(k * n) * np.exp(common + rng.normal(0, noise)))})
+            out.append(
+                {
+                    "objective": objective,
+                    "source": "p",
+                    "n": n,
+                    "seed": s,
+                    "test_error": float(curve(k * n) * np.exp(common + rng.normal(0, noise))),
+                }
+            )
     return out
 
 
@@ -65,15 +72,21 @@ def test_baseline_against_itself_is_exactly_one():
 def test_unreachable_when_method_beats_the_baseline_asymptote(tmp_path):
     rng = np.random.default_rng(13)
     base = rows_for(rng, "sft")
-    much_better = [dict(r, objective="x", test_error=r["test_error"] * 0.2) for r in rows_for(rng, "sft")]
+    much_better = [
+        dict(r, objective="x", test_error=r["test_error"] * 0.2) for r in rows_for(rng, "sft")
+    ]
     fits = F.fit_table(base + much_better, n_boot=100)
     m = fits["methods"]["x/p"]
-    assert all(p["unreachable"] and p["multiplier"] is None for p in m["multipliers"])  # inf -> null + flag
+    assert all(
+        p["unreachable"] and p["multiplier"] is None for p in m["multipliers"]
+    )  # inf -> null + flag
     assert all(p["extrapolated"] for p in m["multipliers"])
     assert m["multiplier"] is None and m["multiplier_unreachable"]
     # The charts must cope with a method that has no finite multiplier at all.
     paths = plot_all(base + much_better, fits, tmp_path)
-    assert (tmp_path / "multipliers.png") in paths and (tmp_path / "multipliers.png").stat().st_size > 0
+    assert (tmp_path / "multipliers.png") in paths and (
+        tmp_path / "multipliers.png"
+    ).stat().st_size > 0
 
 
 def test_summary_ignores_sizes_whose_match_lies_outside_baseline_range():
@@ -88,7 +101,9 @@ def test_summary_ignores_sizes_whose_match_lies_outside_baseline_range():
 def test_paired_draws_share_seed_indices_and_narrow_the_interval():
     rng = np.random.default_rng(15)
     shared = {(n, s): rng.normal(0, 0.08) for n in SIZES for s in range(4)}  # seed effects shared
-    rows = rows_for(rng, "sft", shared=shared, noise=0.01) + rows_for(rng, "x", k=2.0, shared=shared, noise=0.01)
+    rows = rows_for(rng, "sft", shared=shared, noise=0.01) + rows_for(
+        rng, "x", k=2.0, shared=shared, noise=0.01
+    )
     datas = F.group(rows, 1e-3)
     draws = F.Draws(list(datas.values()), 50, 0, "seed")
     assert np.array_equal(draws.seed_weights(datas["sft/p"]), draws.seed_weights(datas["x/p"]))

@@ -30,7 +30,9 @@ def test_trainer_options_compose(trainer, tmp_path):
 
 def test_config_hash_ignores_paths_and_workers_but_not_results(tmp_path):
     base = compose_cfg([f"paths.root={tmp_path}/a"])
-    same = compose_cfg([f"paths.root={tmp_path}/b", "data.num_workers=2", "trainer.enable_progress_bar=false"])
+    same = compose_cfg(
+        [f"paths.root={tmp_path}/b", "data.num_workers=2", "trainer.enable_progress_bar=false"]
+    )
     other = compose_cfg([f"paths.root={tmp_path}/a", "data.size=500"])
     assert config_hash(base) == config_hash(same)
     assert config_hash(base) != config_hash(other)
@@ -50,7 +52,14 @@ def test_config_hash_ignores_paths_and_workers_but_not_results(tmp_path):
 )
 def test_bad_overrides_stop_before_training(override, message, tmp_path: Path):
     proc = run_cli(
-        ["eightfold.train", "experiment=smoke", f"paths.root={tmp_path}", "data.task.steps=1", "data.task.chains=1", override],
+        [
+            "eightfold.train",
+            "experiment=smoke",
+            f"paths.root={tmp_path}",
+            "data.task.steps=1",
+            "data.task.chains=1",
+            override,
+        ],
         cwd=REPO,
     )
     assert proc.returncode != 0

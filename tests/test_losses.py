@@ -37,7 +37,9 @@ PC, PR, RC, RR, BETA = t(-1.0), t(-3.0), t(-2.0), t(-2.0), 0.5
 def test_sigmoid_closed_form():
     # -log sigma(1) = log(1 + e^-1)
     assert dpo_loss(PC, PR, RC, RR, BETA).item() == pytest.approx(0.31326168751822286, abs=1e-12)
-    assert dpo_loss(PC, PR, RC, RR, BETA, "sigmoid").item() == pytest.approx(softplus(-1.0), abs=1e-12)
+    assert dpo_loss(PC, PR, RC, RR, BETA, "sigmoid").item() == pytest.approx(
+        softplus(-1.0), abs=1e-12
+    )
 
 
 def test_ipo_closed_form_summed_and_length_normalised():
@@ -49,13 +51,21 @@ def test_ipo_closed_form_summed_and_length_normalised():
 
 
 def test_hinge_robust_sigmoid_norm_closed_forms():
-    assert dpo_loss(PC, PR, RC, RR, BETA, "hinge").item() == pytest.approx(0.0, abs=1e-12)  # max(0, 1 - 1)
-    assert dpo_loss(PC, PR, RC, RR, 0.25, "hinge").item() == pytest.approx(0.5, abs=1e-12)  # max(0, 1 - 0.5)
+    assert dpo_loss(PC, PR, RC, RR, BETA, "hinge").item() == pytest.approx(
+        0.0, abs=1e-12
+    )  # max(0, 1 - 1)
+    assert dpo_loss(PC, PR, RC, RR, 0.25, "hinge").item() == pytest.approx(
+        0.5, abs=1e-12
+    )  # max(0, 1 - 0.5)
     e = 0.1  # [-(1-e) log s(1) + e log s(-1)] / (1 - 2e)
     expected = ((1 - e) * softplus(-1.0) - e * softplus(1.0)) / (1 - 2 * e)
     assert expected == pytest.approx(0.18826168751822285, abs=1e-12)
-    assert dpo_loss(PC, PR, RC, RR, BETA, "robust", label_smoothing=e).item() == pytest.approx(expected, abs=1e-12)
-    assert dpo_loss(PC, PR, RC, RR, BETA, "robust", label_smoothing=0.0).item() == pytest.approx(softplus(-1.0))
+    assert dpo_loss(PC, PR, RC, RR, BETA, "robust", label_smoothing=e).item() == pytest.approx(
+        expected, abs=1e-12
+    )
+    assert dpo_loss(PC, PR, RC, RR, BETA, "robust", label_smoothing=0.0).item() == pytest.approx(
+        softplus(-1.0)
+    )
     # length-normalised DPO: -log sigma(beta * 0.75)
     loss = dpo_loss(PC, PR, RC, RR, BETA, "sigmoid_norm", chosen_tokens=t(2), rejected_tokens=t(4))
     assert loss.item() == pytest.approx(softplus(-0.375), abs=1e-12)
@@ -68,12 +78,18 @@ def test_mean_over_pairs_rewards_and_gradient_sign():
     losses, chosen_r, rejected_r = dpo_losses(pc, pr, rc, rr, 0.5)
     # pair 2: Delta = 0 - 1 = -1 -> -log sigma(-0.5)
     assert losses.tolist() == pytest.approx([softplus(-1.0), softplus(0.5)])
-    assert dpo_loss(pc, pr, rc, rr, 0.5).item() == pytest.approx((softplus(-1.0) + softplus(0.5)) / 2)
-    assert chosen_r.tolist() == pytest.approx([0.5, 0.0]) and rejected_r.tolist() == pytest.approx([-0.5, 0.5])
+    assert dpo_loss(pc, pr, rc, rr, 0.5).item() == pytest.approx(
+        (softplus(-1.0) + softplus(0.5)) / 2
+    )
+    assert chosen_r.tolist() == pytest.approx([0.5, 0.0]) and rejected_r.tolist() == pytest.approx(
+        [-0.5, 0.5]
+    )
     dpo_loss(pc, pr, rc, rr, 0.5).backward()
     assert (pc.grad < 0).all()  # raising the chosen log-prob lowers the loss
     # d/dpc of mean(-log s(beta*Delta)) = -beta * s(-beta*Delta) / 2
-    assert pc.grad.tolist() == pytest.approx([-0.5 * (1 / (1 + math.e)) / 2, -0.5 * (1 / (1 + math.exp(-0.5))) / 2])
+    assert pc.grad.tolist() == pytest.approx(
+        [-0.5 * (1 / (1 + math.e)) / 2, -0.5 * (1 / (1 + math.exp(-0.5))) / 2]
+    )
 
 
 def test_every_variant_is_finite_scalar_and_validated():
@@ -93,7 +109,9 @@ def test_nll_term_and_awr_weights():
     logps = torch.tensor([[-1.0, -3.0, 0.0]])
     mask = torch.tensor([[True, True, False]])
     # two chosen sequences: log-prob sums -4 (2 tokens) and -2 (3 tokens) -> 6 nats over 5 tokens
-    assert nll_term(torch.tensor([-4.0, -2.0]), torch.tensor([2.0, 3.0])).item() == pytest.approx(1.2)
+    assert nll_term(torch.tensor([-4.0, -2.0]), torch.tensor([2.0, 3.0])).item() == pytest.approx(
+        1.2
+    )
     w = awr_weights(torch.tensor([0.0, -0.2, 0.1, 1.0]), beta=0.1, max_weight=20.0)
     assert w.tolist() == pytest.approx([1.0, math.exp(-2), math.exp(1), 20.0])
     weights = torch.tensor([[2.0, 0.5, 7.0]])
@@ -106,7 +124,10 @@ def test_masked_prompt_contributes_nothing_to_the_gradient():
     chosen = tok("b=a+2=3+2=5\n#5", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     rejected = tok("b=a+2=3+2=6\n#6", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     short = [tok.bos_token_id] + tok("a=1?a|", add_special_tokens=False)["input_ids"]
-    items = [TokenizedPair(prompt, chosen, rejected), TokenizedPair(short, chosen[:5], rejected[:7])]
+    items = [
+        TokenizedPair(prompt, chosen, rejected),
+        TokenizedPair(short, chosen[:5], rejected[:7]),
+    ]
     batch = collate_pairs(items, tok.pad_token_id)
     assert batch["input_ids"].shape[0] == 4  # chosen rows then rejected rows: one forward pass
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -124,7 +145,7 @@ def test_masked_prompt_contributes_nothing_to_the_gradient():
         assert torch.count_nonzero(leaf.grad[row, p - 1]) > 0  # the first response token is scored
     # and changing what the model says about the prompt (or the padding) changes nothing
     noisy = leaf.detach().clone()
-    scored = (batch["labels"][:, 1:] != -100)
+    scored = batch["labels"][:, 1:] != -100
     noisy[:, :-1][~scored] += torch.randn_like(noisy[:, :-1][~scored]) * 10
     assert not torch.equal(noisy, leaf.detach())
     assert loss_of(noisy).item() == loss.item()

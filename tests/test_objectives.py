@@ -16,8 +16,22 @@ from eightfold.rundir import RESULT, run_dir
 from eightfold.train import run
 from tests.conftest import REPO, compose_cfg, run_cli
 
-COMMON = {"objective", "source", "n", "seed", "test_accuracy", "test_error", "config_hash", "train_steps",
-          "samples", "positives", "negatives", "novel_positives", "spurious_positives", "sft_run"}
+COMMON = {
+    "objective",
+    "source",
+    "n",
+    "seed",
+    "test_accuracy",
+    "test_error",
+    "config_hash",
+    "train_steps",
+    "samples",
+    "positives",
+    "negatives",
+    "novel_positives",
+    "spurious_positives",
+    "sft_run",
+}
 
 # The smoke experiment, made able to produce right and wrong samples in seconds: SFT for 300
 # steps (the shared pi_sft), 8 samples per problem, no intermediate checkpoints.
@@ -38,8 +52,16 @@ def root(tmp_path_factory):
 
 
 def cfg_for(root, objective: str, *extra: str):
-    return compose_cfg(["experiment=smoke", f"paths.root={root}", "trainer.enable_progress_bar=false",
-                        f"objective={objective}", *OVERRIDES, *extra])
+    return compose_cfg(
+        [
+            "experiment=smoke",
+            f"paths.root={root}",
+            "trainer.enable_progress_bar=false",
+            f"objective={objective}",
+            *OVERRIDES,
+            *extra,
+        ]
+    )
 
 
 def finished(cfg) -> dict:
@@ -60,7 +82,9 @@ def test_rft_trains_on_teacher_plus_self_generated(root):
     assert result["test_accuracy"] == r["test_accuracy"]
     # the SFT run it started from was trained once, with objective=sft and saved weights
     sft_dir = root / "runs" / r["sft_run"]
-    assert (sft_dir / "model").is_dir() and json.loads((sft_dir / RESULT).read_text())["train_steps"] == 300
+    assert (sft_dir / "model").is_dir() and json.loads((sft_dir / RESULT).read_text())[
+        "train_steps"
+    ] == 300
 
 
 def test_dpo_trains_bounded_epochs_and_computes_reference_logps_once(root, monkeypatch):
@@ -84,15 +108,28 @@ def test_dpo_trains_bounded_epochs_and_computes_reference_logps_once(root, monke
     assert r["samples_cached"] is True  # the rft run's sampling pass, not a new one
     assert r["pairs"] > 0 and r["pairs_skipped_no_chosen"] >= 0
     steps_per_epoch = -(-r["pairs"] // 32)
-    assert r["train_steps"] == r["objective_steps"] == 2 * steps_per_epoch  # 2 epochs, not trainer.max_steps
+    assert (
+        r["train_steps"] == r["objective_steps"] == 2 * steps_per_epoch
+    )  # 2 epochs, not trainer.max_steps
     # one pass of the frozen reference over all pairs, before training; none during the 2 epochs
     assert calls == [(r["pairs"], -(-r["pairs"] // 64))]
     assert r["ref_logps_cached"] is False
-    for key in ("final_reward_margin", "final_reward_accuracy", "final_chosen_logp", "collapse_warning"):
+    for key in (
+        "final_reward_margin",
+        "final_reward_accuracy",
+        "final_chosen_logp",
+        "collapse_warning",
+    ):
         assert key in r
     # another run on the same pairs (here: another beta) reads them from the cache
-    cfg2 = cfg_for(root, "dpo", "objective.module.ref_batch_size=64", "objective.module.beta=0.3",
-                   "objective.module.loss_type=ipo", "objective.module.nll_weight=0.5")
+    cfg2 = cfg_for(
+        root,
+        "dpo",
+        "objective.module.ref_batch_size=64",
+        "objective.module.beta=0.3",
+        "objective.module.loss_type=ipo",
+        "objective.module.nll_weight=0.5",
+    )
     run(cfg2)
     r2 = finished(cfg2)
     assert len(calls) == 1 and r2["ref_logps_cached"] is True and r2["pairs"] == r["pairs"]
@@ -113,10 +150,18 @@ def test_step_dpo_rollouts_pits_agreement_and_pairs(root):
     run(cfg)
     r = finished(cfg)
     assert r["negatives_rolled_out"] == 120
-    assert 0 < r["rollouts"] < r["rollouts_without_reuse"]  # early stop and shared prefixes saved work
+    assert (
+        0 < r["rollouts"] < r["rollouts_without_reuse"]
+    )  # early stop and shared prefixes saved work
     assert r["rollout_time_s"] > 0 and r["rollouts_cached"] is False
-    assert 0 <= r["first_pit_agreement"] <= 1 and r["first_pit_agreement_n"] == 120 - r["dead_prompt_negatives"]
-    assert r["pairs"] + r["pairs_skipped_no_pit"] + r["pairs_skipped_no_chosen"] + r["pairs_duplicate"] == 120
+    assert (
+        0 <= r["first_pit_agreement"] <= 1
+        and r["first_pit_agreement_n"] == 120 - r["dead_prompt_negatives"]
+    )
+    assert (
+        r["pairs"] + r["pairs_skipped_no_pit"] + r["pairs_skipped_no_chosen"] + r["pairs_duplicate"]
+        == 120
+    )
     assert r["pairs"] > 0 and r["train_steps"] == r["objective_steps"] > 0
 
 
@@ -130,11 +175,21 @@ def test_awr_shares_the_step_dpo_rollouts(root):
 
 
 def test_one_multirun_over_objectives_writes_one_result_each(root):
-    overrides = [o for o in OVERRIDES if not o.startswith("objective.")]  # sft has no sampling knobs
+    overrides = [
+        o for o in OVERRIDES if not o.startswith("objective.")
+    ]  # sft has no sampling knobs
     proc = run_cli(
-        ["eightfold.train", "-m", "experiment=smoke", "objective=sft,rft,dpo,step_dpo", f"paths.root={root}",
-         "trainer.enable_progress_bar=false", *overrides],
-        cwd=REPO, env={"OMP_NUM_THREADS": "1"},
+        [
+            "eightfold.train",
+            "-m",
+            "experiment=smoke",
+            "objective=sft,rft,dpo,step_dpo",
+            f"paths.root={root}",
+            "trainer.enable_progress_bar=false",
+            *overrides,
+        ],
+        cwd=REPO,
+        env={"OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(p.read_text()) for p in root.glob("runs/*/result.json")]
@@ -142,4 +197,12 @@ def test_one_multirun_over_objectives_writes_one_result_each(root):
     assert sorted(r["objective"] for r in k4) == ["dpo", "rft", "sft", "step_dpo"]
     assert len({r["sft_run"] for r in k4 if r["objective"] != "sft"}) == 1  # one shared pi_sft
     for r in k4:
-        assert {"objective", "n", "seed", "test_accuracy", "test_error", "config_hash", "train_steps"} <= r.keys()
+        assert {
+            "objective",
+            "n",
+            "seed",
+            "test_accuracy",
+            "test_error",
+            "config_hash",
+            "train_steps",
+        } <= r.keys()

@@ -30,8 +30,10 @@ def random_sequences(n: int, seed: int = 0, vocab: int = 50) -> list[tuple[list[
     """(prompt, response) id lists of varied lengths; prompts start with BOS (id 1)."""
     rng = random.Random(seed)
     return [
-        ([1] + [rng.randrange(4, vocab) for _ in range(rng.randint(3, 12))],
-         [rng.randrange(4, vocab) for _ in range(rng.randint(2, 15))] + [2])
+        (
+            [1] + [rng.randrange(4, vocab) for _ in range(rng.randint(3, 12))],
+            [rng.randrange(4, vocab) for _ in range(rng.randint(2, 15))] + [2],
+        )
         for _ in range(n)
     ]
 
@@ -41,7 +43,9 @@ def model_and_grads(model, batch, chunk_size=None):
     logps, mask = model_token_logps(model, batch, chunk_size)
     loss = -logps.sum() / mask.sum()
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), {
+        n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+    }
 
 
 def test_pack_sequences_layout():
@@ -51,7 +55,9 @@ def test_pack_sequences_layout():
     for i, (p, r) in enumerate(seqs):
         where = (packed["seq_ids"] == i).nonzero()
         row, cols = int(where[0, 0]), where[:, 1]
-        assert (where[:, 0] == row).all() and cols.tolist() == list(range(int(cols[0]), int(cols[0]) + len(p) + len(r)))
+        assert (where[:, 0] == row).all() and cols.tolist() == list(
+            range(int(cols[0]), int(cols[0]) + len(p) + len(r))
+        )
         assert packed["input_ids"][row, cols].tolist() == p + r
         assert packed["position_ids"][row, cols].tolist() == list(range(len(p) + len(r)))
         assert packed["labels"][row, cols].tolist() == [-100] * len(p) + r
@@ -74,7 +80,9 @@ def test_packed_batch_gives_the_padded_loss_and_gradients():
         torch.testing.assert_close(grads_pack[name], g, rtol=1e-4, atol=1e-6)
     # per-sequence sums: a packed DPO batch scores each sequence exactly as a padded one
     with torch.no_grad():
-        torch.testing.assert_close(sequence_logps(model, packed), sequence_logps(model, padded), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            sequence_logps(model, packed), sequence_logps(model, padded), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_packing_really_separates_sequences():
@@ -101,7 +109,11 @@ def test_dpo_pairs_pack_to_the_same_sequence_logps():
         n_b = sequence_sums(model_token_logps(model, packed)[1].float(), packed)
     assert a.shape == (10,)
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
-    assert n_a.tolist() == n_b.tolist() == [float(len(it.chosen)) for it in items] + [float(len(it.rejected)) for it in items]
+    assert (
+        n_a.tolist()
+        == n_b.tolist()
+        == [float(len(it.chosen)) for it in items] + [float(len(it.rejected)) for it in items]
+    )
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 4096])
@@ -116,7 +128,8 @@ def test_chunked_logps_equal_full_logits(chunk_size):
         torch.testing.assert_close(grads_chunk[name], g, rtol=1e-4, atol=1e-6)
     items = [TokenizedPair(p, r, r[::-1]) for p, r in random_sequences(6, seed=7)]
     torch.testing.assert_close(
-        torch.tensor(reference_logps(model, items, 0, 4, chunk_size)), torch.tensor(reference_logps(model, items, 0, 4))
+        torch.tensor(reference_logps(model, items, 0, 4, chunk_size)),
+        torch.tensor(reference_logps(model, items, 0, 4)),
     )
 
 
@@ -135,10 +148,14 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_perf_knobs_through_the_real_config_keep_the_run_and_its_numbers(smoke_cfg, tmp_path):
     plain = smoke_cfg("paths.root=" + str(tmp_path / "plain"))
     fast = smoke_cfg(
-        "paths.root=" + str(tmp_path / "fast"), "perf.packing=true", "perf.logits_chunk_size=16",
+        "paths.root=" + str(tmp_path / "fast"),
+        "perf.packing=true",
+        "perf.logits_chunk_size=16",
         "perf.gradient_checkpointing=true",
     )
-    assert run_dir(fast).name == run_dir(plain).name  # speed knobs are not part of the run's identity
+    assert (
+        run_dir(fast).name == run_dir(plain).name
+    )  # speed knobs are not part of the run's identity
     a, b = run(plain), run(fast)
     assert b["train_steps"] == a["train_steps"] == 30
     assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-3)
@@ -148,7 +165,9 @@ def test_perf_knobs_through_the_real_config_keep_the_run_and_its_numbers(smoke_c
 def test_bad_perf_values_are_named(smoke_cfg):
     from eightfold.validate import ConfigError
 
-    with pytest.raises(ConfigError, match="perf.pack_length=4096 exceeds the model's context of 128"):
+    with pytest.raises(
+        ConfigError, match="perf.pack_length=4096 exceeds the model's context of 128"
+    ):
         run(smoke_cfg("perf.packing=true", "perf.pack_length=4096"))
     with pytest.raises(ConfigError, match="perf.logits_chunk_size=0"):
         run(smoke_cfg("perf.logits_chunk_size=0"))
@@ -160,12 +179,16 @@ def test_lora_trains_adapters_and_saves_merged_plain_weights(smoke_cfg):
     result = run(cfg)
     assert result["train_steps"] == 30
     directory = run_dir(cfg)
-    saved = GPT2LMHeadModel.from_pretrained(directory / MODEL_DIR)  # plain weights, no adapter files
+    saved = GPT2LMHeadModel.from_pretrained(
+        directory / MODEL_DIR
+    )  # plain weights, no adapter files
     assert not (directory / MODEL_DIR / "adapter_config.json").exists()
     assert sum(p.numel() for p in saved.parameters()) == result["num_params"]
     # the base weights moved (adapters merged in), the embedding (not adapted) did not
     base, _ = tiny_gpt(1, 32, 2, 128, seed=0)
-    assert not torch.allclose(saved.transformer.h[0].attn.c_attn.weight, base.transformer.h[0].attn.c_attn.weight)
+    assert not torch.allclose(
+        saved.transformer.h[0].attn.c_attn.weight, base.transformer.h[0].attn.c_attn.weight
+    )
     assert torch.equal(saved.transformer.wte.weight, base.transformer.wte.weight)
     assert json.loads((directory / RESULT).read_text())["test_accuracy"] == result["test_accuracy"]
     with pytest.raises(ValueError, match="unknown keys \\['rank'\\]"):

@@ -56,7 +56,12 @@ def test_step_value_estimators():
         ([0.9, 0.2, 0.1, 0.0], "argmin_advantage", 0.0, 0),  # but the largest drop is step 0
         ([0.5, 0.5, 0.5, 0.0], "argmin_advantage", 0.0, 2),
         ([0.5, 0.6, 0.6, 0.6], "argmin_advantage", 0.0, None),  # never drops
-        ([0.4, 0.6, 0.2, 0.0], "argmin_advantage", 0.0, 1),  # first index attaining the min (-0.4, -0.2)
+        (
+            [0.4, 0.6, 0.2, 0.0],
+            "argmin_advantage",
+            0.0,
+            1,
+        ),  # first index attaining the min (-0.4, -0.2)
         ([0.9, 0.7, 0.1, 0.0], "first_drop", 0.5, 1),
         ([0.9, 0.7, 0.5, 0.3], "first_drop", 0.5, None),
     ],
@@ -74,8 +79,14 @@ def test_advantages_and_bad_rules():
 
 
 def test_values_fill_dead_and_terminal_prefixes_with_zero():
-    n = NegativeValues(0, "x", ["s1", "s2", "s3", "#1"], counts=[4, 2, 0], flags=[[True] * 4 + [False] * 4,
-                       [True] * 2 + [False] * 6, [False] * 8], m=8)
+    n = NegativeValues(
+        0,
+        "x",
+        ["s1", "s2", "s3", "#1"],
+        counts=[4, 2, 0],
+        flags=[[True] * 4 + [False] * 4, [True] * 2 + [False] * 6, [False] * 8],
+        m=8,
+    )
     assert n.values("mean") == [0.5, 0.25, 0.0, 0.0, 0.0]
     assert first_pit(n.values("bok", 5)) == 1
     assert NegativeValues.from_record(n.to_record()) == n
@@ -92,20 +103,33 @@ def policy():
     ds = TokenizedPairs(tok, [(e.prompt, e.solution) for e in train])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     loader = torch.utils.data.DataLoader(
-        ds, 32, shuffle=True, generator=torch.Generator().manual_seed(0),
+        ds,
+        32,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
         collate_fn=functools.partial(collate_sft, pad_id=tok.pad_token_id),
     )
     step = 0
     while step < 200:
         for b in loader:
-            lp, m = token_logps(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
+            lp, m = token_logps(
+                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                b["labels"],
+            )
             (-lp.sum() / m.sum()).backward()
             opt.step()
             opt.zero_grad()
             step += 1
     model.eval()
-    samples = generate(model, tok, [e.prompt for e in train[:30]], 40, do_sample=True, num_samples=2, seed=0)
-    negatives = [(i, c) for i, cs in enumerate(samples) for c in cs if not is_correct(c, train[i].answer, "procedural")]
+    samples = generate(
+        model, tok, [e.prompt for e in train[:30]], 40, do_sample=True, num_samples=2, seed=0
+    )
+    negatives = [
+        (i, c)
+        for i, cs in enumerate(samples)
+        for c in cs
+        if not is_correct(c, train[i].answer, "procedural")
+    ]
     return model, tok, train[:30], negatives
 
 
@@ -113,8 +137,13 @@ def test_greedy_decoding_matches_the_project_decoder(policy):
     model, tok, examples, _ = policy
     prompts = [e.prompt for e in examples[:12]]
     ours = sample_continuations(
-        model, [encode_prompt(tok, p) for p in prompts], 1, 40, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, temperature=0.0,
+        model,
+        [encode_prompt(tok, p) for p in prompts],
+        1,
+        40,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        temperature=0.0,
     )
     theirs = generate(model, tok, prompts, 40)
     assert [tok.decode(o[0], skip_special_tokens=True) for o in ours] == [t[0] for t in theirs]
@@ -122,15 +151,29 @@ def test_greedy_decoding_matches_the_project_decoder(policy):
 
 def test_shared_prefix_equals_naive_token_for_token(policy):
     model, tok, examples, negatives = policy
-    prefixes = [encode_prompt(tok, examples[p].prompt) + tok(prefix_text(text.split("\n"), 1), add_special_tokens=False)["input_ids"]
-                for p, text in negatives[:6]] + [encode_prompt(tok, e.prompt) for e in examples[:4]]
-    kw = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, seeds=list(range(len(prefixes))))
+    prefixes = [
+        encode_prompt(tok, examples[p].prompt)
+        + tok(prefix_text(text.split("\n"), 1), add_special_tokens=False)["input_ids"]
+        for p, text in negatives[:6]
+    ] + [encode_prompt(tok, e.prompt) for e in examples[:4]]
+    kw = dict(
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        seeds=list(range(len(prefixes))),
+    )
     shared = sample_continuations(model, prefixes, 8, 40, share_prefix=True, **kw)
     naive = sample_continuations(model, prefixes, 8, 40, share_prefix=False, batch_size=24, **kw)
     assert shared == naive
     # batch composition does not matter either: each rollout owns its noise stream
-    alone = sample_continuations(model, prefixes[3:4], 8, 40, eos_token_id=tok.eos_token_id,
-                                 pad_token_id=tok.pad_token_id, seeds=[3])
+    alone = sample_continuations(
+        model,
+        prefixes[3:4],
+        8,
+        40,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        seeds=[3],
+    )
     assert alone[0] == shared[3]
     assert len({tuple(x) for x in shared[0]}) > 1  # it really samples
 
@@ -138,7 +181,14 @@ def test_shared_prefix_equals_naive_token_for_token(policy):
 def test_prefix_reuse_gives_the_same_step_values_as_naive_rollouts(policy):
     model, tok, examples, negatives = policy
     assert len(negatives) >= 10
-    args = (model, tok, negatives[:12], [e.prompt for e in examples], [e.answer for e in examples], "procedural")
+    args = (
+        model,
+        tok,
+        negatives[:12],
+        [e.prompt for e in examples],
+        [e.answer for e in examples],
+        "procedural",
+    )
     kw = dict(rollouts=6, max_new_tokens=40, seed=7)
     fast, fast_stats = rollout_negatives(*args, share_prefix=True, **kw)
     slow, slow_stats = rollout_negatives(*args, share_prefix=False, batch_size=16, **kw)
@@ -164,7 +214,15 @@ def test_vllm_backend_fails_clearly_without_vllm(policy):
     except ImportError:
         model, tok, examples, negatives = policy
         with pytest.raises(RuntimeError, match="needs the vllm package"):
-            rollout_negatives(model, tok, negatives[:1], [e.prompt for e in examples], [e.answer for e in examples],
-                              "procedural", backend="vllm", model_dir="/nonexistent")
+            rollout_negatives(
+                model,
+                tok,
+                negatives[:1],
+                [e.prompt for e in examples],
+                [e.answer for e in examples],
+                "procedural",
+                backend="vllm",
+                model_dir="/nonexistent",
+            )
     else:  # pragma: no cover
         pytest.skip("vllm installed")

@@ -146,8 +146,15 @@ def test_cli_overrides_replace_axes_and_add_fixed_values(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "count"),
-    [("cpu_default", 25), ("cpu_hard", 24), ("data_scaling", 60), ("data_source", 45), ("gsm8k_7b", 15),
-     ("cpu_hard_seeds", 36), ("cpu_default_gpu", 25)],
+    [
+        ("cpu_default", 25),
+        ("cpu_hard", 24),
+        ("data_scaling", 60),
+        ("data_source", 45),
+        ("gsm8k_7b", 15),
+        ("cpu_hard_seeds", 36),
+        ("cpu_default_gpu", 25),
+    ],
 )
 def test_repo_sweep_files_expand_and_compose(name, count, tmp_path):
     """Each study file composes into valid, distinct runs (a dry run: nothing trains)."""
@@ -183,7 +190,11 @@ def test_slurm_launcher_follows_the_trainer_for_ddp():
     assert ddp._target_.endswith("SlurmLauncher")
     assert (ddp.tasks_per_node, ddp.nodes, ddp.gpus_per_node) == (8, 2, 8)
     cpu = _launcher("trainer=cpu")
-    assert (cpu.tasks_per_node, cpu.nodes, cpu.gpus_per_node) == (1, 1, 0)  # CPU runs ask for no GPU
+    assert (cpu.tasks_per_node, cpu.nodes, cpu.gpus_per_node) == (
+        1,
+        1,
+        0,
+    )  # CPU runs ask for no GPU
     # timeouts requeue (the run resumes from last.ckpt): must not be 0
     assert cpu.max_num_timeout > 0 and cpu.signal_delay_s > 0
     assert (
@@ -249,8 +260,12 @@ def test_local_sweep_runs_then_skips_finished_runs(tmp_path):
 
 
 def test_split_blocks_keeps_objectives_of_one_size_together(tmp_path):
-    spec = load_sweep(write_sweep(tmp_path / "g.yaml", grid={"objective": ["sft", "rft"], "data.size": [1, 2, 3],
-                                                          "seed": [0, 1]}))
+    spec = load_sweep(
+        write_sweep(
+            tmp_path / "g.yaml",
+            grid={"objective": ["sft", "rft"], "data.size": [1, 2, 3], "seed": [0, 1]},
+        )
+    )
     runs = expand(spec)
     (block,) = cartesian_blocks(runs, list(spec.grid))
     parts = split_blocks([block], 3)
@@ -258,7 +273,10 @@ def test_split_blocks_keeps_objectives_of_one_size_together(tmp_path):
     assert sorted(r.index for _, rs in parts for r in rs) == [r.index for r in runs]  # a partition
     for axes, rs in parts:
         assert axes["objective"] == ["sft", "rft"] and len(axes["data.size"]) == 1
-        assert [r.values["objective"] for r in rs][:2] == ["sft", "sft"]  # SFT first, as Hydra numbers them
+        assert [r.values["objective"] for r in rs][:2] == [
+            "sft",
+            "sft",
+        ]  # SFT first, as Hydra numbers them
     # nothing left to split: as many blocks as there are (size, seed) points
     assert len(split_blocks([block], 64)) == 6
 
@@ -266,12 +284,22 @@ def test_split_blocks_keeps_objectives_of_one_size_together(tmp_path):
 def test_pack_and_jobs_errors_and_packed_job_parameters(tmp_path):
     with pytest.raises(SweepError, match="pack=-1 is not valid"):
         load_sweep(write_sweep(tmp_path / "p.yaml", grid={"seed": [0]}, pack=-1))
-    spec = load_sweep(write_sweep(tmp_path / "q.yaml", grid={"seed": [0]}, pack=4,
-                                  slurm={"timeout_min": 30, "gpus_per_node": 1, "array_parallelism": 8}))
+    spec = load_sweep(
+        write_sweep(
+            tmp_path / "q.yaml",
+            grid={"seed": [0]},
+            pack=4,
+            slurm={"timeout_min": 30, "gpus_per_node": 1, "array_parallelism": 8},
+        )
+    )
     spec.apply_cli(["hydra.launcher.partition=gpu", "hydra.launcher.signal_delay_s=60"])
     assert packed_job_parameters(spec) == {
-        "tasks_per_node": 1, "nodes": 1, "timeout_min": 30, "gpus_per_node": 1,
-        "slurm_partition": "gpu", "slurm_signal_delay_s": 60,
+        "tasks_per_node": 1,
+        "nodes": 1,
+        "timeout_min": 30,
+        "gpus_per_node": 1,
+        "slurm_partition": "gpu",
+        "slurm_signal_delay_s": 60,
     }
     bad = sweep_cli(str(tmp_path / "q.yaml"), "--jobs", "0", "--dry-run", cwd=tmp_path)
     assert bad.returncode == 2 and "--jobs 0 is not valid" in bad.stderr
@@ -291,7 +319,12 @@ def test_local_sweep_with_parallel_jobs_trains_each_sft_once(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "in 2 multirun(s)" in proc.stderr
     results = [read_result(d) for d in run_dirs(root).values()]
-    assert sorted((r["objective"], r["n"]) for r in results) == [("rft", 32), ("rft", 48), ("sft", 32), ("sft", 48)]
+    assert sorted((r["objective"], r["n"]) for r in results) == [
+        ("rft", 32),
+        ("rft", 48),
+        ("sft", 32),
+        ("sft", 48),
+    ]
     # every rft run started from the SFT run its own multirun trained before it (not a second one)
     assert {r["sft_run"] for r in results if r["objective"] == "rft"} == {
         d.name for d in run_dirs(root).values() if read_result(d)["objective"] == "sft"
@@ -445,8 +478,15 @@ def test_slurm_packed_sweep_runs_every_run_in_one_job(partition, tmp_path, recor
         pack=2,
     )
     t0 = time.monotonic()
-    proc = sweep_cli(str(sweep), "--root", str(root), "--launcher", "slurm",
-                     f"hydra.launcher.partition={partition}", cwd=tmp_path)
+    proc = sweep_cli(
+        str(sweep),
+        "--root",
+        str(root),
+        "--launcher",
+        "slurm",
+        f"hydra.launcher.partition={partition}",
+        cwd=tmp_path,
+    )
     record_property("packed_3_runs_s", round(time.monotonic() - t0, 1))
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert sorted(read_result(d)["n"] for d in run_dirs(root).values()) == [32, 48, 64]

@@ -12,7 +12,16 @@ from eightfold.rundir import FAILED, RESULT, last_checkpoint, read_result, run_d
 from eightfold.train import run
 from tests.conftest import REPO, run_cli
 
-REQUIRED = {"objective", "source", "n", "seed", "test_accuracy", "test_error", "config_hash", "config_path"}
+REQUIRED = {
+    "objective",
+    "source",
+    "n",
+    "seed",
+    "test_accuracy",
+    "test_error",
+    "config_hash",
+    "config_path",
+}
 
 
 def _losses(directory):
@@ -44,7 +53,9 @@ def test_smoke_run_trains_writes_result_and_skips(smoke_cfg):
 def test_same_config_same_numbers(smoke_cfg, tmp_path):
     a = run(smoke_cfg("trainer.max_steps=20"))
     b = run(smoke_cfg("trainer.max_steps=20", f"paths.root={tmp_path}/other"))
-    assert a["test_accuracy"] == b["test_accuracy"] and a["final_train_loss"] == b["final_train_loss"]
+    assert (
+        a["test_accuracy"] == b["test_accuracy"] and a["final_train_loss"] == b["final_train_loss"]
+    )
 
 
 def test_crashed_run_resumes_from_last_checkpoint(smoke_cfg, monkeypatch):
@@ -74,8 +85,15 @@ def test_crashed_run_resumes_from_last_checkpoint(smoke_cfg, monkeypatch):
 
 def test_local_multirun_writes_one_result_per_size(tmp_path):
     proc = run_cli(
-        ["eightfold.train", "-m", "experiment=smoke", "data.size=32,48,64", "trainer.max_steps=10",
-         f"paths.root={tmp_path}", "trainer.enable_progress_bar=false"],
+        [
+            "eightfold.train",
+            "-m",
+            "experiment=smoke",
+            "data.size=32,48,64",
+            "trainer.max_steps=10",
+            f"paths.root={tmp_path}",
+            "trainer.enable_progress_bar=false",
+        ],
         cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -83,8 +101,15 @@ def test_local_multirun_writes_one_result_per_size(tmp_path):
     assert len(results) == 3
     assert sorted(json.loads(p.read_text())["n"] for p in results) == [32, 48, 64]
     again = run_cli(
-        ["eightfold.train", "-m", "experiment=smoke", "data.size=32,48,64", "trainer.max_steps=10",
-         f"paths.root={tmp_path}", "trainer.enable_progress_bar=false"],
+        [
+            "eightfold.train",
+            "-m",
+            "experiment=smoke",
+            "data.size=32,48,64",
+            "trainer.max_steps=10",
+            f"paths.root={tmp_path}",
+            "trainer.enable_progress_bar=false",
+        ],
         cwd=REPO,
     )
     assert again.returncode == 0

@@ -17,7 +17,9 @@ from eightfold.rundir import write_atomic
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Serialise to memory, then write-to-temp + rename (Lightning writes in place)."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         write_atomic(Path(path), buffer.getvalue())

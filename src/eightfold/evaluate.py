@@ -19,7 +19,12 @@ def evaluate(
     batch_size: int = 512,
 ) -> dict[str, float]:
     """Accuracy of greedy completions; for procedural problems also strict (every step right)."""
-    completions = [c[0] for c in generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens, batch_size=batch_size)]
+    completions = [
+        c[0]
+        for c in generate(
+            model, tokenizer, [e.prompt for e in examples], max_new_tokens, batch_size=batch_size
+        )
+    ]
     correct = [is_correct(c, e.answer, kind) for c, e in zip(completions, examples)]
     out = {"test_accuracy": sum(correct) / len(examples), "test_size": len(examples)}
     if all(e.problem is not None for e in examples):

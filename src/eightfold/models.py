@@ -32,7 +32,11 @@ def char_tokenizer(chars: str = CHAR_VOCAB) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
     )
 
 
@@ -74,7 +78,9 @@ def apply_lora(model: PreTrainedModel, lora: dict) -> PreTrainedModel:
         raise ImportError("model.lora needs peft: pip install 'eightfold[lora]'") from err
     unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
     if unknown:
-        raise ValueError(f"model.lora has unknown keys {sorted(unknown)}: valid are r, alpha, dropout, target_modules")
+        raise ValueError(
+            f"model.lora has unknown keys {sorted(unknown)}: valid are r, alpha, dropout, target_modules"
+        )
     r = int(lora.get("r", 16))
     config = LoraConfig(
         r=r,
@@ -114,5 +120,7 @@ def hf_causal_lm(
     kwargs = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        name, trust_remote_code=trust_remote_code, **kwargs
+    )
     return model, tokenizer

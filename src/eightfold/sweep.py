@@ -222,7 +222,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
         )
     pack = raw.get("pack") or 0
     if not isinstance(pack, int) or isinstance(pack, bool) or pack < 0:
-        raise SweepError(f"{path}: pack={pack!r} is not valid: runs at once in one packed job, e.g. pack: 8")
+        raise SweepError(
+            f"{path}: pack={pack!r} is not valid: runs at once in one packed job, e.g. pack: 8"
+        )
     return SweepSpec(
         pack=pack,
         name=path.stem,
@@ -361,7 +363,11 @@ def split_blocks(
         best = None
         for i, (axes, _) in enumerate(blocks):
             for key, values in axes.items():
-                if key != "objective" and len(values) > 1 and (best is None or len(values) > best[2]):
+                if (
+                    key != "objective"
+                    and len(values) > 1
+                    and (best is None or len(values) > best[2])
+                ):
                     best = (i, key, len(values))
         if best is None:
             break
@@ -421,8 +427,16 @@ def display_command(cmd: list[str]) -> str:
 
 # ----------------------------------------------------------------------------- SLURM
 # hydra.launcher keys that submitit's AutoExecutor takes as they are; the rest get "slurm_".
-_GENERIC_SUBMITIT = {"timeout_min", "mem_gb", "nodes", "cpus_per_task", "gpus_per_node", "tasks_per_node",
-                     "stderr_to_stdout", "name"}
+_GENERIC_SUBMITIT = {
+    "timeout_min",
+    "mem_gb",
+    "nodes",
+    "cpus_per_task",
+    "gpus_per_node",
+    "tasks_per_node",
+    "stderr_to_stdout",
+    "name",
+}
 
 
 def packed_job_parameters(spec: SweepSpec) -> dict[str, Any]:
@@ -431,17 +445,24 @@ def packed_job_parameters(spec: SweepSpec) -> dict[str, Any]:
     params = dict(spec.slurm)
     for o in spec.overrides:
         if o.startswith("hydra.launcher."):
-            key, value = o[len("hydra.launcher."):].split("=", 1)
+            key, value = o[len("hydra.launcher.") :].split("=", 1)
             params[key] = yaml.safe_load(value)
     out: dict[str, Any] = {"tasks_per_node": 1, "nodes": 1}
     for key, value in params.items():
-        if value is None or key in ("array_parallelism", "submitit_folder", "tasks_per_node", "nodes"):
+        if value is None or key in (
+            "array_parallelism",
+            "submitit_folder",
+            "tasks_per_node",
+            "nodes",
+        ):
             continue
         out[key if key in _GENERIC_SUBMITIT else f"slurm_{key}"] = value
     return out
 
 
-def run_packed(spec: SweepSpec, args: argparse.Namespace, root: Path, stamp: str) -> tuple[str, str]:
+def run_packed(
+    spec: SweepSpec, args: argparse.Namespace, root: Path, stamp: str
+) -> tuple[str, str]:
     """Submit ONE SLURM job that runs this sweep locally with ``--jobs spec.pack`` (small runs
     sharing one GPU node), wait for it; returns (job id, log path)."""
     import submitit
@@ -449,16 +470,32 @@ def run_packed(spec: SweepSpec, args: argparse.Namespace, root: Path, stamp: str
     folder = root / "multirun" / f"{spec.name}_{stamp}_{os.getpid()}_packed"
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
     executor.update_parameters(**packed_job_parameters(spec))
-    inner = [sys.executable, "-m", "eightfold.sweep", str(Path(spec.path).resolve()), "--launcher", "local",
-             "--jobs", str(spec.pack), "--root", str(root)]
-    inner += [o for o in args.overrides if not (o.startswith("hydra.launcher.") or o.startswith("hydra/launcher"))]
+    inner = [
+        sys.executable,
+        "-m",
+        "eightfold.sweep",
+        str(Path(spec.path).resolve()),
+        "--launcher",
+        "local",
+        "--jobs",
+        str(spec.pack),
+        "--root",
+        str(root),
+    ]
+    inner += [
+        o
+        for o in args.overrides
+        if not (o.startswith("hydra.launcher.") or o.startswith("hydra/launcher"))
+    ]
     inner += [x for p in args.only for x in ("--only", p)]
     job = executor.submit(submitit.helpers.CommandFunction(inner, cwd=os.getcwd()))
     _err(f"packed job {job.job_id}: {shlex.join(['eightfold-sweep', *inner[3:]])}")
     try:
         job.result()
     except Exception as err:  # noqa: BLE001 - the runs' own files say what finished
-        _err(f"packed job {job.job_id} ended with an error: {str(err).splitlines()[0] if str(err) else err!r}")
+        _err(
+            f"packed job {job.job_id} ended with an error: {str(err).splitlines()[0] if str(err) else err!r}"
+        )
     return str(job.job_id), str(job.paths.stderr)
 
 
@@ -662,8 +699,10 @@ def main(argv: list[str] | None = None) -> int:
         _err(f"error: --jobs {args.jobs} is not valid: a positive number of parallel multiruns")
         return 2
     if args.jobs > 1 and args.launcher != "local":
-        _err("error: --jobs is for --launcher local (on SLURM every run is its own job, or set "
-             "'pack: N' in the sweep file to run N at once in one job)")
+        _err(
+            "error: --jobs is for --launcher local (on SLURM every run is its own job, or set "
+            "'pack: N' in the sweep file to run N at once in one job)"
+        )
         return 2
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     blocks = []
@@ -687,12 +726,18 @@ def main(argv: list[str] | None = None) -> int:
         if invalid:
             print(f"{len(invalid)} run(s) have an invalid config (see 'error:' above)")
         if args.launcher == "slurm" and spec.pack:
-            print(f"would run {len(todo)} of {len(selected)} in ONE packed SLURM job ({spec.pack} at once), "
-                  f"which runs these multiruns (--launcher local --jobs {spec.pack}):")
-            plans = [(build_command(spec, axes, root, root, "local", rs), None, rs)
-                     for axes, rs in split_blocks(blocks, spec.pack)]
+            print(
+                f"would run {len(todo)} of {len(selected)} in ONE packed SLURM job ({spec.pack} at once), "
+                f"which runs these multiruns (--launcher local --jobs {spec.pack}):"
+            )
+            plans = [
+                (build_command(spec, axes, root, root, "local", rs), None, rs)
+                for axes, rs in split_blocks(blocks, spec.pack)
+            ]
         else:
-            print(f"would run {len(todo)} of {len(selected)} (finished runs are skipped) in {len(plans)} multirun(s):")
+            print(
+                f"would run {len(todo)} of {len(selected)} (finished runs are skipped) in {len(plans)} multirun(s):"
+            )
         for cmd, _, _ in plans:
             print("  " + display_command(cmd))
         return 2 if invalid else 0
@@ -706,7 +751,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.launcher == "slurm" and spec.pack:
-        _err(f"{spec.name}: running {len(todo)} run(s) in one packed SLURM job, {spec.pack} at once")
+        _err(
+            f"{spec.name}: running {len(todo)} run(s) in one packed SLURM job, {spec.pack} at once"
+        )
         job_id, job_log = run_packed(spec, args, root, stamp)
         for r in todo:
             r.status, r.error = _status_of(r.run_dir)
@@ -727,7 +774,9 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGTERM, _stop)
     env = dict(os.environ)
-    if args.jobs > 1 and "OMP_NUM_THREADS" not in env:  # N processes must not each spin on every core
+    if (
+        args.jobs > 1 and "OMP_NUM_THREADS" not in env
+    ):  # N processes must not each spin on every core
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
     try:
         for cmd, _, _ in plans:
@@ -765,7 +814,9 @@ def main(argv: list[str] | None = None) -> int:
     return _report(spec, selected, root, args.launcher, [display_command(c) for c, _, _ in plans])
 
 
-def _report(spec: SweepSpec, selected: list[Run], root: Path, launcher: str, commands: list[str]) -> int:
+def _report(
+    spec: SweepSpec, selected: list[Run], root: Path, launcher: str, commands: list[str]
+) -> int:
     """Name what did not finish, print the table, write the summary; the exit status."""
     for r in selected:
         if r.status in (PENDING, PARTIAL) and not r.error:

@@ -44,12 +44,17 @@ log = logging.getLogger("eightfold")
 
 # A per-process id for Hydra's log folders (cached: one value per launch).
 OmegaConf.register_new_resolver(
-    "eightfold.launch_id", lambda: f"{os.getpid()}-{os.urandom(2).hex()}", use_cache=True, replace=True
+    "eightfold.launch_id",
+    lambda: f"{os.getpid()}-{os.urandom(2).hex()}",
+    use_cache=True,
+    replace=True,
 )
 
 # GPUs a SLURM job asks for: trainer.devices on gpu trainers, none for trainer=cpu.
 OmegaConf.register_new_resolver(
-    "eightfold.gpus", lambda accelerator, devices: devices if accelerator in ("gpu", "cuda") else 0, replace=True
+    "eightfold.gpus",
+    lambda accelerator, devices: devices if accelerator in ("gpu", "cuda") else 0,
+    replace=True,
 )
 
 CONF_DIR = Path(os.environ.get("EIGHTFOLD_CONF", Path(__file__).resolve().parents[2] / "conf"))
@@ -179,12 +184,20 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
         model = merge_lora(model)  # saved and evaluated as plain weights
         if cfg.save_model:
             save_model_atomic(model, tokenizer, directory / MODEL_DIR)
-        device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto") else "cpu"
+        device = (
+            "cuda"
+            if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto")
+            else "cpu"
+        )
         model.to(device)
         t_eval = time.perf_counter()
         metrics = evaluate(
-            model, tokenizer, datamodule.test_examples, datamodule.kind,
-            max_new_tokens=datamodule.max_new_tokens, batch_size=cfg.eval.batch_size,
+            model,
+            tokenizer,
+            datamodule.test_examples,
+            datamodule.kind,
+            max_new_tokens=datamodule.max_new_tokens,
+            batch_size=cfg.eval.batch_size,
         )
         eval_time = time.perf_counter() - t_eval
         result = {
@@ -193,7 +206,9 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
             "n": cfg.data.size,
             "seed": cfg.seed,
             **metrics,
-            "chance_accuracy": 1.0 / cfg.data.task.modulus if cfg.data.kind == "procedural" else None,
+            "chance_accuracy": 1.0 / cfg.data.task.modulus
+            if cfg.data.kind == "procedural"
+            else None,
             "config_hash": config_hash(cfg),
             "config_path": str(directory / CONFIG),
             "run_dir": str(directory),
@@ -206,13 +221,21 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
             "eval_time_s": round(eval_time, 3),
             "wall_time_s": round(time.perf_counter() - t0, 3),
             "eightfold_version": __version__,
-            **{f"data_{k}": v for k, v in getattr(datamodule, "data_info", {}).items() if _scalar(v)},
+            **{
+                f"data_{k}": v
+                for k, v in getattr(datamodule, "data_info", {}).items()
+                if _scalar(v)
+            },
             **getattr(module, "run_stats", {}),
         }
         write_json_atomic(directory / RESULT, result)
         log.info(
             "test accuracy %.3f (n=%s, %s) in %.1f s -> %s",
-            result["test_accuracy"], cfg.data.size, cfg.objective.name, result["wall_time_s"], directory / RESULT,
+            result["test_accuracy"],
+            cfg.data.size,
+            cfg.objective.name,
+            result["wall_time_s"],
+            directory / RESULT,
         )
     return result
 
@@ -223,9 +246,13 @@ def apply_perf(perf: DictConfig, model, datamodule, module) -> None:
         context = getattr(model.config, "max_position_embeddings", None)
         length = perf.pack_length or context
         if not length:
-            raise ConfigError("perf.packing=true needs perf.pack_length: this model reports no context length")
+            raise ConfigError(
+                "perf.packing=true needs perf.pack_length: this model reports no context length"
+            )
         if context and length > context:
-            raise ConfigError(f"perf.pack_length={length} exceeds the model's context of {context} tokens")
+            raise ConfigError(
+                f"perf.pack_length={length} exceeds the model's context of {context} tokens"
+            )
         datamodule.pack_length = module.pack_length = int(length)
     if perf.logits_chunk_size is not None:  # a positive integer (validate_config)
         module.logits_chunk_size = int(perf.logits_chunk_size)
@@ -287,7 +314,9 @@ def ensure_sft_model(cfg: DictConfig) -> Path:
         log.info("training the SFT model this run starts from: %s", directory)
         run(base, wait=True)  # another process training it (a parallel sweep): wait, then reuse
         if not (directory / MODEL_DIR).is_dir():
-            raise RuntimeError(f"the SFT run {directory} finished without a saved model (save_model=false?)")
+            raise RuntimeError(
+                f"the SFT run {directory} finished without a saved model (save_model=false?)"
+            )
     return directory / MODEL_DIR
 
 

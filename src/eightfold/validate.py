@@ -21,7 +21,9 @@ class ConfigError(ValueError):
 
 def _positive_int(value, key: str, example: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{key}={value!r} is not valid: expected a positive integer, e.g. {key}={example}")
+        raise ConfigError(
+            f"{key}={value!r} is not valid: expected a positive integer, e.g. {key}={example}"
+        )
     return value
 
 
@@ -43,9 +45,13 @@ def validate_config(cfg: DictConfig) -> None:
             " for the teacher-vs-self comparison)"
         )
     if data.source not in SOURCES:
-        raise ConfigError(f"data.source={data.source!r} is not valid: expected one of {', '.join(SOURCES)}")
+        raise ConfigError(
+            f"data.source={data.source!r} is not valid: expected one of {', '.join(SOURCES)}"
+        )
     if data.kind not in KINDS:
-        raise ConfigError(f"data.kind={data.kind!r} is not valid: expected one of {', '.join(KINDS)}")
+        raise ConfigError(
+            f"data.kind={data.kind!r} is not valid: expected one of {', '.join(KINDS)}"
+        )
     if data.source.endswith("_teacher"):
         _check_teacher(data)
     if data.source in ("procedural", "procedural_teacher"):
@@ -53,7 +59,7 @@ def validate_config(cfg: DictConfig) -> None:
         chains = _positive_int(task.chains, "data.task.chains", "2")
         steps = _positive_int(task.steps, "data.task.steps", "2")
         modulus = task.modulus
-        if modulus not in (2, 3, 5, 7, 11, 13) :
+        if modulus not in (2, 3, 5, 7, 11, 13):
             raise ConfigError(
                 f"data.task.modulus={modulus!r} is not valid: expected a prime whose residues are"
                 " written as digits or short numbers: 2, 3, 5, 7, 11 or 13"
@@ -79,10 +85,14 @@ def _check_teacher(data: DictConfig) -> None:
     from eightfold.data.teachers import check_config
 
     if data.get("teacher") is None:
-        raise ConfigError(f"data.source={data.source!r} needs data.teacher: use data=teacher (or +teacher@data.teacher=...)")
+        raise ConfigError(
+            f"data.source={data.source!r} needs data.teacher: use data=teacher (or +teacher@data.teacher=...)"
+        )
     try:
         check_config(OmegaConf.to_container(data.teacher, resolve=True))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if data.get("label", "reference") not in LABELS:
-        raise ConfigError(f"data.label={data.label!r} is not valid: expected one of {', '.join(LABELS)}")
+        raise ConfigError(
+            f"data.label={data.label!r} is not valid: expected one of {', '.join(LABELS)}"
+        )

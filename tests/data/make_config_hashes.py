@@ -57,11 +57,13 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for ov in compositions():
             cfg = compose(config_name="train", overrides=[*ov, f"paths.root={ROOT}"])
-            entries.append({
-                "overrides": ov,
-                "config_hash": config_hash(cfg),
-                "config": OmegaConf.to_container(cfg, resolve=True),
-            })
+            entries.append(
+                {
+                    "overrides": ov,
+                    "config_hash": config_hash(cfg),
+                    "config": OmegaConf.to_container(cfg, resolve=True),
+                }
+            )
         sweeps = {}
         for name, runs in sweep_runs().items():
             rows = []
@@ -69,8 +71,13 @@ def main() -> None:
                 cfg = compose(config_name="train", overrides=[*ov, f"paths.root={ROOT}"])
                 rows.append({"overrides": ov, "config_hash": config_hash(cfg)})
             sweeps[name] = rows
-    blob = {"about": __doc__.strip().splitlines()[0], "root": ROOT, "files": FILES,
-            "compositions": entries, "sweeps": sweeps}
+    blob = {
+        "about": __doc__.strip().splitlines()[0],
+        "root": ROOT,
+        "files": FILES,
+        "compositions": entries,
+        "sweeps": sweeps,
+    }
     (HERE / "config_hashes.json").write_text(json.dumps(blob, indent=1, sort_keys=True) + "\n")
     print(f"{len(entries)} compositions, {sum(len(v) for v in sweeps.values())} sweep runs")
 

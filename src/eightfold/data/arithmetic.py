@@ -94,7 +94,9 @@ class Problem:
             left, right = s.left, s.right
             if rng is not None and s.op in COMMUTATIVE and rng.random() < 0.5:
                 left, right = right, left
-            lines.append(f"{v}={left}{s.op}{right}={_operand(left, env)}{s.op}{_operand(right, env)}={env[v]}")
+            lines.append(
+                f"{v}={left}{s.op}{right}={_operand(left, env)}{s.op}{_operand(right, env)}={env[v]}"
+            )
         lines.append(f"#{env[self.target]}")
         return join_steps(lines)
 
@@ -115,7 +117,9 @@ class Problem:
     def num_valid_orders(self) -> int:
         """Number of distinct correct traces: chain interleavings x operand orders of + and *."""
         lengths = [len(c) for c in self.chains]
-        interleavings = math.factorial(sum(lengths)) // math.prod(math.factorial(n) for n in lengths)
+        interleavings = math.factorial(sum(lengths)) // math.prod(
+            math.factorial(n) for n in lengths
+        )
         swaps = sum(1 for s in self.steps if s.op in COMMUTATIVE and s.left != s.right)
         return interleavings * 2**swaps
 

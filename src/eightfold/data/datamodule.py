@@ -36,6 +36,7 @@ def procedural_split(
     test = generate_problems(test_size, test_seed, chains, steps, modulus)
     exclude = {p.prompt for p in test}
     train = generate_problems(size, seed, chains, steps, modulus, exclude=exclude)
+
     # The teacher writes one uniformly random valid order per problem, seeded per problem index
     # so that the first n solutions do not depend on the total size.
     def to_example(p: Problem, i: int, stream: int) -> Example:
@@ -55,7 +56,9 @@ class TokenizedPairs(torch.utils.data.Dataset):
     """(prompt ids, response ids) pairs, tokenised once."""
 
     def __init__(self, tokenizer, pairs: list[tuple[str, str]]):
-        self.items = [(encode_prompt(tokenizer, p), encode_response(tokenizer, r)) for p, r in pairs]
+        self.items = [
+            (encode_prompt(tokenizer, p), encode_response(tokenizer, r)) for p, r in pairs
+        ]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -100,7 +103,9 @@ def pack_sequences(
     for i, (p, r) in enumerate(batch):
         n = len(p) + len(r)
         if n > pack_length:
-            raise ValueError(f"a sequence of {n} tokens does not fit perf.pack_length={pack_length}")
+            raise ValueError(
+                f"a sequence of {n} tokens does not fit perf.pack_length={pack_length}"
+            )
         for j, u in enumerate(used):
             if u + n <= pack_length:
                 rows[j].append(i)
@@ -160,7 +165,11 @@ class MathDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.max_new_tokens = max_new_tokens
         self.source_options = dict(
-            teacher=teacher, train_file=train_file, test_file=test_file, label=label, cache_dir=cache_dir
+            teacher=teacher,
+            train_file=train_file,
+            test_file=test_file,
+            label=label,
+            cache_dir=cache_dir,
         )
         self.data_info: dict = {}  # statistics + provenance of the training data (teacher sources)
         self.tokenizer = None
@@ -175,8 +184,14 @@ class MathDataModule(L.LightningDataModule):
             from eightfold.data.synthetic import build_split
 
             self.train_examples, self.test_examples, self.data_info = build_split(
-                source=self.source, kind=self.kind, size=self.size, seed=self.seed, test_size=self.test_size,
-                test_seed=self.test_seed, task=self.task, **self.source_options,
+                source=self.source,
+                kind=self.kind,
+                size=self.size,
+                seed=self.seed,
+                test_size=self.test_size,
+                test_seed=self.test_seed,
+                task=self.task,
+                **self.source_options,
             )
             return
         self.train_examples, self.test_examples = procedural_split(
@@ -198,6 +213,8 @@ class MathDataModule(L.LightningDataModule):
             shuffle=True,
             generator=g,
             num_workers=self.num_workers,
-            collate_fn=functools.partial(collate_sft, pad_id=self.tokenizer.pad_token_id, pack_length=self.pack_length),
+            collate_fn=functools.partial(
+                collate_sft, pad_id=self.tokenizer.pad_token_id, pack_length=self.pack_length
+            ),
             drop_last=len(ds) > self.batch_size,
         )

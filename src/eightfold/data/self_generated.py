@@ -43,7 +43,9 @@ PROMPT_SETS = ("train", "pool")
 
 def weights_fingerprint(model_dir: Path) -> str:
     """sha256 over the weight files of a ``save_pretrained`` folder (cheap proxy for huge models)."""
-    files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
+    files = sorted(
+        p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".pt")
+    )
     if not files:
         raise FileNotFoundError(f"no weight files in {model_dir}")
     h = hashlib.sha256()
@@ -95,12 +97,18 @@ def sampling_examples(cfg: DictConfig, datamodule) -> list[Example]:
     """
     which = cfg.objective.get("sample_prompts", "train")
     if which not in PROMPT_SETS:
-        raise ValueError(f"objective.sample_prompts={which!r} is not valid: expected one of {', '.join(PROMPT_SETS)}")
+        raise ValueError(
+            f"objective.sample_prompts={which!r} is not valid: expected one of {', '.join(PROMPT_SETS)}"
+        )
     if which == "train":
         return list(datamodule.train_examples)
     if datamodule.source != "procedural":
-        raise ValueError("objective.sample_prompts=pool needs data.source=procedural (a generator with answers)")
-    exclude = {e.prompt for e in datamodule.train_examples} | {e.prompt for e in datamodule.test_examples}
+        raise ValueError(
+            "objective.sample_prompts=pool needs data.source=procedural (a generator with answers)"
+        )
+    exclude = {e.prompt for e in datamodule.train_examples} | {
+        e.prompt for e in datamodule.test_examples
+    }
     task = dict(datamodule.task)
     pool_seed = int(datamodule.seed) + 1_000_003
     problems = generate_problems(len(datamodule.train_examples), pool_seed, exclude=exclude, **task)
@@ -127,24 +135,50 @@ class SampleSet:
             self.by_problem.setdefault(r["problem"], []).append(r)
 
 
-def draw_samples(model, tokenizer, examples: list[Example], kind: str, *, k: int, temperature: float,
-                 top_p: float, max_new_tokens: int, seed: int, batch_size: int) -> list[dict]:
+def draw_samples(
+    model,
+    tokenizer,
+    examples: list[Example],
+    kind: str,
+    *,
+    k: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int,
+) -> list[dict]:
     """k samples per example through ``generation.generate`` (the one decoding path), verified."""
     from eightfold.generation import generate
 
     outs = generate(
-        model, tokenizer, [e.prompt for e in examples], max_new_tokens, do_sample=True, temperature=temperature,
-        top_p=top_p, num_samples=k, batch_size=batch_size, seed=seed,
+        model,
+        tokenizer,
+        [e.prompt for e in examples],
+        max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        num_samples=k,
+        batch_size=batch_size,
+        seed=seed,
     )
     records = []
     for i, (e, completions) in enumerate(zip(examples, outs)):
         for j, c in enumerate(completions):
             ok = is_correct(c, e.answer, kind)
-            records.append({
-                "problem": i, "j": j, "completion": c, "correct": ok,
-                "first_wrong_step": first_wrong_step(e.problem, c) if e.problem is not None else None,
-                "teacher": same_steps(c, e.solution),
-            })
+            records.append(
+                {
+                    "problem": i,
+                    "j": j,
+                    "completion": c,
+                    "correct": ok,
+                    "first_wrong_step": first_wrong_step(e.problem, c)
+                    if e.problem is not None
+                    else None,
+                    "teacher": same_steps(c, e.solution),
+                }
+            )
     return records
 
 
@@ -174,13 +208,21 @@ def sample_stats(samples: SampleSet) -> dict:
         "sample_prompts": samples.key.get("prompts", {}).get("set"),
     }
     if known:
-        out["spurious_positives"] = sum(r["first_wrong_step"] is not None for r in pos)  # right answer, a step wrong
-        out["novel_strict_positives"] = sum(not r["teacher"] and r["first_wrong_step"] is None for r in pos)
-        out["sample_strict_accuracy"] = round(sum(r["first_wrong_step"] is None for r in recs) / max(1, len(recs)), 4)
+        out["spurious_positives"] = sum(
+            r["first_wrong_step"] is not None for r in pos
+        )  # right answer, a step wrong
+        out["novel_strict_positives"] = sum(
+            not r["teacher"] and r["first_wrong_step"] is None for r in pos
+        )
+        out["sample_strict_accuracy"] = round(
+            sum(r["first_wrong_step"] is None for r in recs) / max(1, len(recs)), 4
+        )
     return out
 
 
-def select_negatives(samples: SampleSet, per_problem: int | None, max_total: int | None, seed: int) -> list[tuple[int, str]]:
+def select_negatives(
+    samples: SampleSet, per_problem: int | None, max_total: int | None, seed: int
+) -> list[tuple[int, str]]:
     """Unique incorrect samples (problem index, text): at most ``per_problem`` per problem and
     ``max_total`` overall, picked by a seeded shuffle (the same set for dpo, step_dpo, awr)."""
     seen: set[tuple[int, tuple[str, ...]]] = set()
@@ -214,7 +256,10 @@ class SftSource:
         self.device = run_device(cfg)
         self.model, self.tokenizer = load_pretrained(self.dir)
         self.model.to(self.device)
-        self.fingerprint = {"run": self.dir.parent.name, "weights_sha256": weights_fingerprint(self.dir)}
+        self.fingerprint = {
+            "run": self.dir.parent.name,
+            "weights_sha256": weights_fingerprint(self.dir),
+        }
         self.cache = cache_root(cfg)
         self.kind = datamodule.kind
         self._samples: SampleSet | None = None
@@ -223,10 +268,19 @@ class SftSource:
     def sample_key(self, examples: list[Example]) -> dict:
         o = self.obj
         return {
-            "sft": self.fingerprint, "k": int(o.k), "temperature": float(o.temperature), "top_p": float(o.top_p),
-            "max_new_tokens": int(o.max_new_tokens), "seed": int(self.cfg.seed), "batch_size": int(o.sample_batch_size),
-            "kind": self.kind, "prompts": {"set": o.get("sample_prompts", "train"), "n": len(examples),
-                                           "sha256": prompts_hash(examples)},
+            "sft": self.fingerprint,
+            "k": int(o.k),
+            "temperature": float(o.temperature),
+            "top_p": float(o.top_p),
+            "max_new_tokens": int(o.max_new_tokens),
+            "seed": int(self.cfg.seed),
+            "batch_size": int(o.sample_batch_size),
+            "kind": self.kind,
+            "prompts": {
+                "set": o.get("sample_prompts", "train"),
+                "n": len(examples),
+                "sha256": prompts_hash(examples),
+            },
         }
 
     def samples(self) -> SampleSet:
@@ -242,12 +296,21 @@ class SftSource:
         def build():
             t0 = time.perf_counter()
             recs = draw_samples(
-                self.model, self.tokenizer, examples, self.kind, k=int(o.k), temperature=float(o.temperature),
-                top_p=float(o.top_p), max_new_tokens=int(o.max_new_tokens), seed=int(self.cfg.seed),
+                self.model,
+                self.tokenizer,
+                examples,
+                self.kind,
+                k=int(o.k),
+                temperature=float(o.temperature),
+                top_p=float(o.top_p),
+                max_new_tokens=int(o.max_new_tokens),
+                seed=int(self.cfg.seed),
                 batch_size=int(o.sample_batch_size),
             )
             timing["time_s"] = time.perf_counter() - t0
-            log.info("sampled %d solutions from %s in %.1f s", len(recs), self.dir, timing["time_s"])
+            log.info(
+                "sampled %d solutions from %s in %.1f s", len(recs), self.dir, timing["time_s"]
+            )
             return recs
 
         records = load_or_build(self.cache, "samples", key, build, meta={"sft_dir": str(self.dir)})
@@ -257,7 +320,12 @@ class SftSource:
     # -- rollouts ------------------------------------------------------------
     def negatives(self) -> list[tuple[int, str]]:
         o = self.obj
-        return select_negatives(self.samples(), o.get("negatives_per_problem"), o.get("max_negatives"), int(self.cfg.seed))
+        return select_negatives(
+            self.samples(),
+            o.get("negatives_per_problem"),
+            o.get("max_negatives"),
+            int(self.cfg.seed),
+        )
 
     def rollouts(self):
         """(list[NegativeValues], stats dict) of the selected negatives (cached)."""
@@ -268,27 +336,50 @@ class SftSource:
         negs = self.negatives()
         o = self.obj
         key = {
-            "samples": samples.key, "negatives": hashlib.sha256(repr(negs).encode()).hexdigest(),
-            "rollouts": int(o.rollouts), "temperature": float(o.rollout_temperature), "top_p": float(o.rollout_top_p),
-            "max_new_tokens": int(o.max_new_tokens), "seed": int(self.cfg.seed), "early_stop": bool(o.early_stop),
-            "keep_correct": int(o.keep_correct), "backend": o.get("rollout_backend", "hf"),
+            "samples": samples.key,
+            "negatives": hashlib.sha256(repr(negs).encode()).hexdigest(),
+            "rollouts": int(o.rollouts),
+            "temperature": float(o.rollout_temperature),
+            "top_p": float(o.rollout_top_p),
+            "max_new_tokens": int(o.max_new_tokens),
+            "seed": int(self.cfg.seed),
+            "early_stop": bool(o.early_stop),
+            "keep_correct": int(o.keep_correct),
+            "backend": o.get("rollout_backend", "hf"),
         }
 
         def build():
             items, stats = rollout_negatives(
-                self.model, self.tokenizer, negs, [e.prompt for e in samples.examples],
-                [e.answer for e in samples.examples], self.kind, rollouts=int(o.rollouts),
-                temperature=float(o.rollout_temperature), top_p=float(o.rollout_top_p),
-                max_new_tokens=int(o.max_new_tokens), seed=int(self.cfg.seed), early_stop=bool(o.early_stop),
-                share_prefix=bool(o.prefix_reuse), batch_size=int(o.rollout_batch_size),
-                keep_correct=int(o.keep_correct), backend=o.get("rollout_backend", "hf"), model_dir=str(self.dir),
+                self.model,
+                self.tokenizer,
+                negs,
+                [e.prompt for e in samples.examples],
+                [e.answer for e in samples.examples],
+                self.kind,
+                rollouts=int(o.rollouts),
+                temperature=float(o.rollout_temperature),
+                top_p=float(o.rollout_top_p),
+                max_new_tokens=int(o.max_new_tokens),
+                seed=int(self.cfg.seed),
+                early_stop=bool(o.early_stop),
+                share_prefix=bool(o.prefix_reuse),
+                batch_size=int(o.rollout_batch_size),
+                keep_correct=int(o.keep_correct),
+                backend=o.get("rollout_backend", "hf"),
+                model_dir=str(self.dir),
             )
             log.info("rolled out %d negatives: %s", len(items), stats.as_dict())
-            return [{"type": "summary", **stats.as_dict()}] + [{"type": "negative", **n.to_record()} for n in items]
+            return [{"type": "summary", **stats.as_dict()}] + [
+                {"type": "negative", **n.to_record()} for n in items
+            ]
 
         built: list[bool] = []
         records = load_or_build(
-            self.cache, "rollouts", key, lambda: built.append(True) or build(), meta={"sft_dir": str(self.dir)}
+            self.cache,
+            "rollouts",
+            key,
+            lambda: built.append(True) or build(),
+            meta={"sft_dir": str(self.dir)},
         )
         summary = next(r for r in records if r["type"] == "summary")
         items = [NegativeValues.from_record(r) for r in records if r["type"] == "negative"]

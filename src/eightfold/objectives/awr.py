@@ -58,7 +58,9 @@ def collate_weighted(items: list[WeightedItem], pad_id: int) -> dict[str, torch.
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
 
 
-def awr_items(tokenizer, rows, pairs, beta: float, max_weight: float) -> tuple[list[WeightedItem], dict]:
+def awr_items(
+    tokenizer, rows, pairs, beta: float, max_weight: float
+) -> tuple[list[WeightedItem], dict]:
     """Two weighted sequences per pair: the negative through its pit, and the chosen continuation."""
 
     def w(a: float) -> float:
@@ -76,7 +78,9 @@ def awr_items(tokenizer, rows, pairs, beta: float, max_weight: float) -> tuple[l
         response, weights = [], []
         for i in range(pit + 1):
             last = i == len(neg.steps) - 1
-            toks = ids(neg.steps[i] + ("" if last else "\n")) + ([tokenizer.eos_token_id] if last else [])
+            toks = ids(neg.steps[i] + ("" if last else "\n")) + (
+                [tokenizer.eos_token_id] if last else []
+            )
             wi = w(values[i + 1] - values[i])
             response += toks
             weights += [wi] * len(toks)
@@ -129,17 +133,32 @@ class AWRModule(StepBudgetMixin, PolicyModule):
         o = source.obj
         samples = source.samples()
         negs, rstats = source.rollouts()
-        rows, pstats = pit_analysis(negs, samples.examples, o.pit_rule, float(o.pit_threshold), o.value, int(o.best_of_k))
+        rows, pstats = pit_analysis(
+            negs, samples.examples, o.pit_rule, float(o.pit_threshold), o.value, int(o.best_of_k)
+        )
         pairs, pair_stats = step_pairs(rows, samples.examples, "pit", self.seed)
         source.release()
         self.items, astats = awr_items(self.tokenizer, rows, pairs, self.beta, self.max_weight)
         steps_per_epoch = math.ceil(len(self.items) / self.batch_size)
-        self.total_steps = self.max_steps if self.max_steps is not None else math.ceil(self.epochs * steps_per_epoch)
+        self.total_steps = (
+            self.max_steps
+            if self.max_steps is not None
+            else math.ceil(self.epochs * steps_per_epoch)
+        )
         datamodule.train_dataloader = self.weighted_dataloader
         self.run_stats = {
-            **sample_stats(samples), "sampling_time_s": samples.time_s, "samples_cached": samples.time_s is None,
-            **rstats, **pstats, **pair_stats, "pairs": len(pairs), **astats, "objective_steps": self.total_steps,
-            "epochs": self.epochs, "sft_run": source.dir.parent.name, "prepare_time_s": round(time.perf_counter() - t0, 3),
+            **sample_stats(samples),
+            "sampling_time_s": samples.time_s,
+            "samples_cached": samples.time_s is None,
+            **rstats,
+            **pstats,
+            **pair_stats,
+            "pairs": len(pairs),
+            **astats,
+            "objective_steps": self.total_steps,
+            "epochs": self.epochs,
+            "sft_run": source.dir.parent.name,
+            "prepare_time_s": round(time.perf_counter() - t0, 3),
         }
         if not self.items:
             log.warning("awr: no weighted steps could be built; the policy stays pi_sft")

@@ -29,8 +29,16 @@ def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # transformers then builds the block-causal mask itself (one sequence never sees another),
     # but only when no KV cache is made (use_cache=False; a scoring pass never needs one).
     if "position_ids" in batch:
-        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        return {
+            "input_ids": batch["input_ids"],
+            "position_ids": batch["position_ids"],
+            "use_cache": False,
+        }
+    return {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "use_cache": False,
+    }
 
 
 def model_token_logps(
@@ -57,12 +65,20 @@ def model_token_logps(
         return logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
     pieces = [
-        checkpoint(chunk_logps, scored[i : i + chunk_size], targets[i : i + chunk_size], use_reentrant=False)
-        if torch.is_grad_enabled() else chunk_logps(scored[i : i + chunk_size], targets[i : i + chunk_size])
+        checkpoint(
+            chunk_logps,
+            scored[i : i + chunk_size],
+            targets[i : i + chunk_size],
+            use_reentrant=False,
+        )
+        if torch.is_grad_enabled()
+        else chunk_logps(scored[i : i + chunk_size], targets[i : i + chunk_size])
         for i in range(0, scored.shape[0], chunk_size)
     ]
     flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-    out = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, flat)
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(
+        mask, flat
+    )
     return out, mask
 
 
@@ -77,7 +93,9 @@ def sequence_sums(values: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch
     return values.new_zeros(n).index_add(0, ids[keep], values[keep])
 
 
-def sequence_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor], chunk_size: int | None = None) -> torch.Tensor:
+def sequence_logps(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], chunk_size: int | None = None
+) -> torch.Tensor:
     """Sum of log-probs of the scored (response) tokens of each sequence."""
     logps, _ = model_token_logps(model, batch, chunk_size)
     return sequence_sums(logps, batch)
@@ -121,12 +139,19 @@ class PolicyModule(L.LightningModule):
         # launch per step instead of one per parameter tensor (same update up to float rounding).
         fused = all(p.is_cuda for p in decay + no_decay)
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": self.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=self.lr,
             betas=self.betas,
             fused=fused or None,
         )
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        total = (
+            self.trainer.max_steps
+            if self.trainer.max_steps > 0
+            else self.trainer.estimated_stepping_batches
+        )
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, self.warmup_steps, int(total), self.min_lr_ratio)
         )

@@ -41,13 +41,18 @@ from eightfold.objectives.pairs import (
 log = logging.getLogger("eightfold")
 
 
-def falls_steadily(values: list[float], threshold: float, min_points: int = 5, fraction: float = 0.7) -> bool:
+def falls_steadily(
+    values: list[float], threshold: float, min_points: int = 5, fraction: float = 0.7
+) -> bool:
     """True when ``values`` ended below ``-threshold`` and went down over most of the run: a
     smoothed series (window of 3) decreased in at least ``fraction`` of its steps."""
     if len(values) < min_points or values[-1] > -threshold:
         return False
     w = 3
-    smooth = [sum(values[max(0, i - w + 1) : i + 1]) / len(values[max(0, i - w + 1) : i + 1]) for i in range(len(values))]
+    smooth = [
+        sum(values[max(0, i - w + 1) : i + 1]) / len(values[max(0, i - w + 1) : i + 1])
+        for i in range(len(values))
+    ]
     downs = sum(b < a for a, b in zip(smooth, smooth[1:]))
     return downs >= fraction * (len(smooth) - 1)
 
@@ -86,9 +91,19 @@ class DPOModule(StepBudgetMixin, PolicyModule):
     ):
         super().__init__(model, tokenizer, lr, weight_decay, betas, warmup_steps, min_lr_ratio)
         if loss_type not in LOSS_TYPES:
-            raise ValueError(f"objective.module.loss_type={loss_type!r} is not valid: expected one of {', '.join(LOSS_TYPES)}")
-        self.beta, self.loss_type, self.label_smoothing = float(beta), loss_type, float(label_smoothing)
-        self.nll_weight, self.batch_size, self.epochs = float(nll_weight), int(batch_size), float(epochs)
+            raise ValueError(
+                f"objective.module.loss_type={loss_type!r} is not valid: expected one of {', '.join(LOSS_TYPES)}"
+            )
+        self.beta, self.loss_type, self.label_smoothing = (
+            float(beta),
+            loss_type,
+            float(label_smoothing),
+        )
+        self.nll_weight, self.batch_size, self.epochs = (
+            float(nll_weight),
+            int(batch_size),
+            float(epochs),
+        )
         self.max_steps, self.ref_batch_size = max_steps, int(ref_batch_size)
         self.collapse_threshold = float(collapse_threshold)
         self.train_set: PreferenceDataset | None = None
@@ -111,27 +126,49 @@ class DPOModule(StepBudgetMixin, PolicyModule):
         t0 = time.perf_counter()
         self.seed = int(cfg.seed)
         source = SftSource(cfg, datamodule)
-        self.model.load_state_dict(source.model.state_dict())  # policy := pi_sft (same object train.py evaluates)
+        self.model.load_state_dict(
+            source.model.state_dict()
+        )  # policy := pi_sft (same object train.py evaluates)
         samples = source.samples()
         pairs, stats = self.build_pairs(source)
         items = [tokenize_pair(self.tokenizer, p) for p in pairs]
         ref, ref_stats = cached_reference_logps(
-            source.model, items, self.tokenizer.pad_token_id, source.cache, source.fingerprint, self.ref_batch_size,
+            source.model,
+            items,
+            self.tokenizer.pad_token_id,
+            source.cache,
+            source.fingerprint,
+            self.ref_batch_size,
             chunk_size=self.logits_chunk_size,
         )
         source.release()  # the frozen reference is not needed again: log-probs are in the dataset
         self.train_set = PreferenceDataset(items, ref)
         steps_per_epoch = math.ceil(len(items) / self.batch_size)
-        self.total_steps = self.max_steps if self.max_steps is not None else math.ceil(self.epochs * steps_per_epoch)
+        self.total_steps = (
+            self.max_steps
+            if self.max_steps is not None
+            else math.ceil(self.epochs * steps_per_epoch)
+        )
         datamodule.train_dataloader = self.preference_dataloader
         if not items:
-            log.warning("%s: no preference pairs could be built; the policy stays pi_sft", self.name)
+            log.warning(
+                "%s: no preference pairs could be built; the policy stays pi_sft", self.name
+            )
         self.run_stats = {
-            **sample_stats(samples), "sampling_time_s": samples.time_s, "samples_cached": samples.time_s is None,
-            **stats, "pairs": len(items), "objective_steps": self.total_steps, "epochs": self.epochs,
-            **ref_stats, "sft_run": source.dir.parent.name, "prepare_time_s": round(time.perf_counter() - t0, 3),
+            **sample_stats(samples),
+            "sampling_time_s": samples.time_s,
+            "samples_cached": samples.time_s is None,
+            **stats,
+            "pairs": len(items),
+            "objective_steps": self.total_steps,
+            "epochs": self.epochs,
+            **ref_stats,
+            "sft_run": source.dir.parent.name,
+            "prepare_time_s": round(time.perf_counter() - t0, 3),
         }
-        L.seed_everything(self.seed, workers=True, verbose=False)  # same RNG whether SFT ran in-process or not
+        L.seed_everything(
+            self.seed, workers=True, verbose=False
+        )  # same RNG whether SFT ran in-process or not
 
     def preference_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "prepare_data_for_run builds the pairs first"
@@ -153,8 +190,15 @@ class DPOModule(StepBudgetMixin, PolicyModule):
         pc, pr = seq[:b], seq[b:]
         ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         losses, rc, rr = dpo_losses(
-            pc, pr, ref_c, ref_r, self.beta, self.loss_type, label_smoothing=self.label_smoothing,
-            chosen_tokens=n_tok[:b], rejected_tokens=n_tok[b:],
+            pc,
+            pr,
+            ref_c,
+            ref_r,
+            self.beta,
+            self.loss_type,
+            label_smoothing=self.label_smoothing,
+            chosen_tokens=n_tok[:b],
+            rejected_tokens=n_tok[b:],
         )
         loss = losses.mean()
         if self.nll_weight:
@@ -162,13 +206,17 @@ class DPOModule(StepBudgetMixin, PolicyModule):
         margin = (rc - rr).mean()
         chosen_logratio = (pc.detach() - ref_c).mean()
         metrics = {
-            "train/reward_margin": margin, "train/reward_accuracy": (rc > rr).float().mean(),
-            "train/chosen_logp": pc.detach().mean(), "train/rejected_logp": pr.detach().mean(),
+            "train/reward_margin": margin,
+            "train/reward_accuracy": (rc > rr).float().mean(),
+            "train/chosen_logp": pc.detach().mean(),
+            "train/rejected_logp": pr.detach().mean(),
             "train/chosen_logratio": chosen_logratio,
         }
         self.log_dict(metrics, prog_bar=False, batch_size=b)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b)
-        self._last = {k.split("/")[1]: float(v) for k, v in metrics.items()} | {"loss": float(loss.detach())}
+        self._last = {k.split("/")[1]: float(v) for k, v in metrics.items()} | {
+            "loss": float(loss.detach())
+        }
         self._chosen_logratios.append(float(chosen_logratio))
         self._check_collapse()
         return loss
@@ -180,16 +228,20 @@ class DPOModule(StepBudgetMixin, PolicyModule):
                 "%s: the chosen log-prob has fallen steadily (now %.2f nats below pi_sft per sequence after %d "
                 "steps): the collapse measured in cpu-testbed.md (both log-probs fall, greedy output degenerates). "
                 "Consider fewer epochs, a lower lr, or objective.module.nll_weight>0.",
-                self.name, self._chosen_logratios[-1], len(self._chosen_logratios),
+                self.name,
+                self._chosen_logratios[-1],
+                len(self._chosen_logratios),
             )
 
     def on_train_end(self) -> None:
         lr = self._chosen_logratios
-        self.run_stats.update({
-            "final_reward_margin": self._last.get("reward_margin"),
-            "final_reward_accuracy": self._last.get("reward_accuracy"),
-            "final_chosen_logp": self._last.get("chosen_logp"),
-            "chosen_logratio_first": lr[0] if lr else None,
-            "chosen_logratio_final": lr[-1] if lr else None,
-            "collapse_warning": self._warned or falls_steadily(lr, self.collapse_threshold),
-        })
+        self.run_stats.update(
+            {
+                "final_reward_margin": self._last.get("reward_margin"),
+                "final_reward_accuracy": self._last.get("reward_accuracy"),
+                "final_chosen_logp": self._last.get("chosen_logp"),
+                "chosen_logratio_first": lr[0] if lr else None,
+                "chosen_logratio_final": lr[-1] if lr else None,
+                "collapse_warning": self._warned or falls_steadily(lr, self.collapse_threshold),
+            }
+        )

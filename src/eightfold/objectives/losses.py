@@ -42,7 +42,9 @@ def dpo_losses(
     always the summed ones, so margins are comparable across loss types.
     """
     if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type={loss_type!r} is not valid: expected one of {', '.join(LOSS_TYPES)}")
+        raise ValueError(
+            f"loss_type={loss_type!r} is not valid: expected one of {', '.join(LOSS_TYPES)}"
+        )
     if beta <= 0:
         raise ValueError(f"beta={beta!r} is not valid: expected a positive number, e.g. 0.1")
     chosen = policy_chosen_logps - ref_chosen_logps
@@ -60,9 +62,13 @@ def dpo_losses(
         losses = torch.relu(1 - beta * delta)
     else:  # robust
         if not 0 <= label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing={label_smoothing!r} is not valid for robust: expected 0 <= e < 0.5")
+            raise ValueError(
+                f"label_smoothing={label_smoothing!r} is not valid for robust: expected 0 <= e < 0.5"
+            )
         e = label_smoothing
-        losses = (-(1 - e) * F.logsigmoid(beta * delta) + e * F.logsigmoid(-beta * delta)) / (1 - 2 * e)
+        losses = (-(1 - e) * F.logsigmoid(beta * delta) + e * F.logsigmoid(-beta * delta)) / (
+            1 - 2 * e
+        )
     return losses, rewards[0], rewards[1]
 
 
@@ -77,7 +83,13 @@ def dpo_loss(
 ) -> torch.Tensor:
     """Mean DPO-family loss over the pairs, a scalar tensor (see ``dpo_losses`` for the variants)."""
     losses, _, _ = dpo_losses(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, loss_type, **kwargs
+        policy_chosen_logps,
+        policy_rejected_logps,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        beta,
+        loss_type,
+        **kwargs,
     )
     return losses.mean()
 
@@ -96,6 +108,8 @@ def awr_weights(advantages: torch.Tensor, beta: float, max_weight: float = 20.0)
     return torch.exp(advantages / beta).clamp(max=max_weight)
 
 
-def weighted_nll(token_logps: torch.Tensor, token_weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def weighted_nll(
+    token_logps: torch.Tensor, token_weights: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """sum_t w_t * (-log p_t) / (number of scored tokens): advantage-weighted regression."""
     return -(token_logps * token_weights * mask).sum() / mask.sum().clamp(min=1)

@@ -57,9 +57,13 @@ def tokenize_pair(tokenizer, pair: PreferencePair) -> TokenizedPair:
         prompt += tokenizer(pair.prefix, add_special_tokens=False)["input_ids"]
 
     def side(text: str, eos: bool) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
+        return tokenizer(text, add_special_tokens=False)["input_ids"] + (
+            [tokenizer.eos_token_id] if eos else []
+        )
 
-    return TokenizedPair(prompt, side(pair.chosen, pair.chosen_eos), side(pair.rejected, pair.rejected_eos))
+    return TokenizedPair(
+        prompt, side(pair.chosen, pair.chosen_eos), side(pair.rejected, pair.rejected_eos)
+    )
 
 
 def pairs_digest(items: Sequence[TokenizedPair]) -> str:
@@ -69,7 +73,9 @@ def pairs_digest(items: Sequence[TokenizedPair]) -> str:
     return h.hexdigest()
 
 
-def collate_pairs(items: Sequence[TokenizedPair], pad_id: int, pack_length: int | None = None) -> dict[str, torch.Tensor]:
+def collate_pairs(
+    items: Sequence[TokenizedPair], pad_id: int, pack_length: int | None = None
+) -> dict[str, torch.Tensor]:
     """``input_ids``/``attention_mask``/``labels`` of shape [2B, W]: chosen rows, then rejected rows
     (packed: sequences 0..B-1 chosen, B..2B-1 rejected, see ``collate_sft``)."""
     rows = [(it.prompt, it.chosen) for it in items] + [(it.prompt, it.rejected) for it in items]
@@ -91,7 +97,9 @@ class PreferenceDataset(Dataset):
         return self.items[i], self.ref[i]
 
 
-def collate_preference(batch, pad_id: int, pack_length: int | None = None) -> dict[str, torch.Tensor]:
+def collate_preference(
+    batch, pad_id: int, pack_length: int | None = None
+) -> dict[str, torch.Tensor]:
     items = [b[0] for b in batch]
     out = collate_pairs(items, pad_id, pack_length)
     out["ref_chosen_logps"] = torch.tensor([b[1][0] for b in batch], dtype=torch.float32)
@@ -101,7 +109,11 @@ def collate_preference(batch, pad_id: int, pack_length: int | None = None) -> di
 
 @torch.no_grad()
 def reference_logps(
-    model, items: Sequence[TokenizedPair], pad_id: int, batch_size: int = 128, chunk_size: int | None = None
+    model,
+    items: Sequence[TokenizedPair],
+    pad_id: int,
+    batch_size: int = 128,
+    chunk_size: int | None = None,
 ) -> list[tuple[float, float]]:
     """Summed log-probs of chosen and rejected under ``model`` (frozen pi_sft), one pass."""
     device = next(model.parameters()).device
@@ -119,7 +131,12 @@ def reference_logps(
 
 
 def cached_reference_logps(
-    model, items: Sequence[TokenizedPair], pad_id: int, cache_dir: Path, model_key: dict, batch_size: int = 128,
+    model,
+    items: Sequence[TokenizedPair],
+    pad_id: int,
+    cache_dir: Path,
+    model_key: dict,
+    batch_size: int = 128,
     chunk_size: int | None = None,
 ) -> tuple[list[tuple[float, float]], dict]:
     """``reference_logps`` through the dataset cache: computed at most once per (pi_sft, pairs)."""
@@ -134,12 +151,20 @@ def cached_reference_logps(
         built["time_s"] = round(time.perf_counter() - t0, 3)
         return [{"chosen": c, "rejected": r} for c, r in ref]
 
-    records = load_or_build(cache_dir, "ref_logps", key, build, meta={"what": "summed completion log-probs under pi_sft"})
+    records = load_or_build(
+        cache_dir,
+        "ref_logps",
+        key,
+        build,
+        meta={"what": "summed completion log-probs under pi_sft"},
+    )
     stats = {"ref_logps_cached": not built, "ref_logps_time_s": built.get("time_s")}
     return [(r["chosen"], r["rejected"]) for r in records], stats
 
 
-def plain_dpo_pairs(samples, negatives: Sequence[tuple[int, str]], seed: int) -> tuple[list[PreferencePair], dict]:
+def plain_dpo_pairs(
+    samples, negatives: Sequence[tuple[int, str]], seed: int
+) -> tuple[list[PreferencePair], dict]:
     """Standard DPO (paper §3.3): chosen = a correct self-sample of the same problem, rejected =
     the whole negative; problems without a correct sample give no pair (no teacher fallback: it
     would add teacher positives through the back door, cpu-testbed.md)."""
@@ -150,7 +175,9 @@ def plain_dpo_pairs(samples, negatives: Sequence[tuple[int, str]], seed: int) ->
     rng = random.Random(f"dpo-pairs-{seed}")
     positives: dict[int, list[str]] = {}
     for p, recs in samples.by_problem.items():
-        uniq = list(dict.fromkeys(tuple(split_steps(r["completion"])) for r in recs if r["correct"]))
+        uniq = list(
+            dict.fromkeys(tuple(split_steps(r["completion"])) for r in recs if r["correct"])
+        )
         if uniq:
             positives[p] = ["\n".join(u) for u in uniq]
     pairs, skipped, cursor = [], 0, {}

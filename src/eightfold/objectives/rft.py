@@ -34,10 +34,14 @@ POSITIVES = ("teacher+self", "self", "teacher")
 FILTERS = ("answer", "strict")
 
 
-def rft_positives(samples, max_per_problem: int | None, filter_: str = "answer") -> tuple[dict[int, list[str]], dict]:
+def rft_positives(
+    samples, max_per_problem: int | None, filter_: str = "answer"
+) -> tuple[dict[int, list[str]], dict]:
     """Unique verified-correct samples per problem (capped), and counts about them."""
     if filter_ not in FILTERS:
-        raise ValueError(f"objective.filter={filter_!r} is not valid: expected one of {', '.join(FILTERS)}")
+        raise ValueError(
+            f"objective.filter={filter_!r} is not valid: expected one of {', '.join(FILTERS)}"
+        )
     kept: dict[int, list[str]] = {}
     dropped_cap = dropped_filter = 0
     novel = spurious = 0
@@ -60,7 +64,9 @@ def rft_positives(samples, max_per_problem: int | None, filter_: str = "answer")
     stats = {
         "rft_kept": sum(len(v) for v in kept.values()),
         "rft_kept_novel": novel,
-        "rft_kept_spurious": spurious if all(e.problem is not None for e in samples.examples) else None,
+        "rft_kept_spurious": spurious
+        if all(e.problem is not None for e in samples.examples)
+        else None,
         "rft_dropped_cap": dropped_cap,
         "rft_dropped_filter": dropped_filter,
     }
@@ -92,9 +98,13 @@ class RFTModule(StepBudgetMixin, SFTModule):
         t0 = time.perf_counter()
         o = cfg.objective
         if o.init not in INITS:
-            raise ValueError(f"objective.init={o.init!r} is not valid: expected one of {', '.join(INITS)}")
+            raise ValueError(
+                f"objective.init={o.init!r} is not valid: expected one of {', '.join(INITS)}"
+            )
         if o.positives not in POSITIVES:
-            raise ValueError(f"objective.positives={o.positives!r} is not valid: expected one of {', '.join(POSITIVES)}")
+            raise ValueError(
+                f"objective.positives={o.positives!r} is not valid: expected one of {', '.join(POSITIVES)}"
+            )
         source = SftSource(cfg, datamodule)
         if o.init == "sft":
             self.model.load_state_dict(source.model.state_dict())
@@ -107,19 +117,33 @@ class RFTModule(StepBudgetMixin, SFTModule):
         kept, kstats = rft_positives(samples, o.get("max_per_problem"), o.get("filter", "answer"))
         examples = samples.examples
         teacher = [(e.prompt, e.solution) for e in datamodule.train_examples]
-        teacher_steps = {(e.prompt, tuple(split_steps(e.solution))) for e in datamodule.train_examples}
+        teacher_steps = {
+            (e.prompt, tuple(split_steps(e.solution))) for e in datamodule.train_examples
+        }
         own = [
-            (examples[p].prompt, s) for p in sorted(kept) for s in kept[p]
-            if (examples[p].prompt, tuple(split_steps(s))) not in teacher_steps or o.positives == "self"
+            (examples[p].prompt, s)
+            for p in sorted(kept)
+            for s in kept[p]
+            if (examples[p].prompt, tuple(split_steps(s))) not in teacher_steps
+            or o.positives == "self"
         ]
         pairs = {"teacher+self": teacher + own, "self": own, "teacher": teacher}[o.positives]
         if not pairs:
-            raise RuntimeError("rft: no training pairs (no correct self-generated sample and positives=self)")
+            raise RuntimeError(
+                "rft: no training pairs (no correct self-generated sample and positives=self)"
+            )
         datamodule.train_pairs = lambda: pairs
         self.run_stats = {
-            **sample_stats(samples), "sampling_time_s": samples.time_s, "samples_cached": samples.time_s is None,
-            **kstats, "rft_self_added": len(own) if o.positives != "teacher" else 0, "rft_train_pairs": len(pairs),
-            "init": o.init, "positives_used": o.positives, "objective_steps": self.total_steps,
-            "sft_run": source.dir.parent.name, "prepare_time_s": round(time.perf_counter() - t0, 3),
+            **sample_stats(samples),
+            "sampling_time_s": samples.time_s,
+            "samples_cached": samples.time_s is None,
+            **kstats,
+            "rft_self_added": len(own) if o.positives != "teacher" else 0,
+            "rft_train_pairs": len(pairs),
+            "init": o.init,
+            "positives_used": o.positives,
+            "objective_steps": self.total_steps,
+            "sft_run": source.dir.parent.name,
+            "prepare_time_s": round(time.perf_counter() - t0, 3),
         }
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)

@@ -59,10 +59,18 @@ PIT_RULES = ("first_zero", "argmin_advantage", "first_drop")
 # values, advantages, first pit: pure functions on numbers
 
 
-def step_value(n_correct: int, m: int, estimator: str = "bok", k: int = 5, correct_flags: Sequence[bool] | None = None) -> float:
+def step_value(
+    n_correct: int,
+    m: int,
+    estimator: str = "bok",
+    k: int = 5,
+    correct_flags: Sequence[bool] | None = None,
+) -> float:
     """The value estimate of one prefix from ``n_correct`` successes out of ``m`` rollouts."""
     if estimator not in VALUE_ESTIMATORS:
-        raise ValueError(f"value estimator {estimator!r} is not valid: expected one of {', '.join(VALUE_ESTIMATORS)}")
+        raise ValueError(
+            f"value estimator {estimator!r} is not valid: expected one of {', '.join(VALUE_ESTIMATORS)}"
+        )
     if m <= 0:
         raise ValueError("a value needs at least one rollout")
     q = n_correct / m
@@ -75,7 +83,9 @@ def step_value(n_correct: int, m: int, estimator: str = "bok", k: int = 5, corre
         raise ValueError("value estimator 'bok_any' needs the per-rollout correctness flags")
     groups = len(correct_flags) // k
     if groups == 0:
-        raise ValueError(f"value estimator 'bok_any' needs rollouts >= best_of_k ({len(correct_flags)} < {k})")
+        raise ValueError(
+            f"value estimator 'bok_any' needs rollouts >= best_of_k ({len(correct_flags)} < {k})"
+        )
     return sum(any(correct_flags[g * k : (g + 1) * k]) for g in range(groups)) / groups
 
 
@@ -84,7 +94,9 @@ def advantages(values: Sequence[float]) -> list[float]:
     return [values[i] - values[i - 1] for i in range(1, len(values))]
 
 
-def first_pit(values: Sequence[float], rule: str = "first_zero", threshold: float = 0.0) -> int | None:
+def first_pit(
+    values: Sequence[float], rule: str = "first_zero", threshold: float = 0.0
+) -> int | None:
     """0-based index of the pit step given prefix values V_0..V_L; None when there is no pit.
 
     ``first_zero``: first i >= 1 with V_{i-1} > 0 and V_i == 0, pit = i - 1 (None if V_0 == 0).
@@ -133,7 +145,9 @@ def _uniforms(seeds: Sequence[int], length: int) -> torch.Tensor:
     return out
 
 
-def _choose(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+def _choose(
+    logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float
+) -> torch.Tensor:
     """One token per row by inverse-CDF sampling with the row's own uniform ``u`` (greedy at T=0)."""
     if temperature <= 0:
         return logits.argmax(-1)
@@ -148,7 +162,9 @@ def _choose(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: fl
     return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
 
 
-def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_pad(
+    seqs: Sequence[Sequence[int]], pad_id: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -183,7 +199,9 @@ def sample_continuations(
     was_training = model.training
     model.eval()
     seeds = list(seeds) if seeds is not None else list(range(len(prefixes)))
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None
+    )
     per_chunk = max(1, batch_size // num_samples)
     out: list[list[list[int]]] = []
     try:
@@ -191,8 +209,18 @@ def sample_continuations(
             chunk = prefixes[start : start + per_chunk]
             chunk_seeds = seeds[start : start + per_chunk]
             out += _decode_chunk(
-                model, chunk, chunk_seeds, num_samples, max_new_tokens, limit, eos_token_id, pad_token_id,
-                temperature, top_p, share_prefix, device,
+                model,
+                chunk,
+                chunk_seeds,
+                num_samples,
+                max_new_tokens,
+                limit,
+                eos_token_id,
+                pad_token_id,
+                temperature,
+                top_p,
+                share_prefix,
+                device,
             )
     finally:
         model.train(was_training)
@@ -205,10 +233,24 @@ def _cache_kwarg(model) -> str:
 
 
 def _decode_chunk(
-    model, prefixes, seeds, m, max_new_tokens, limit, eos_id, pad_id, temperature, top_p, share_prefix, device
+    model,
+    prefixes,
+    seeds,
+    m,
+    max_new_tokens,
+    limit,
+    eos_id,
+    pad_id,
+    temperature,
+    top_p,
+    share_prefix,
+    device,
 ) -> list[list[list[int]]]:
     lengths = torch.tensor([len(p) for p in prefixes], dtype=torch.long).repeat_interleave(m)
-    budgets = [max_new_tokens if limit is None else max(0, min(max_new_tokens, limit - len(p))) for p in prefixes]
+    budgets = [
+        max_new_tokens if limit is None else max(0, min(max_new_tokens, limit - len(p)))
+        for p in prefixes
+    ]
     budget = torch.tensor(budgets, dtype=torch.long).repeat_interleave(m)
     rows = len(prefixes) * m
     steps = max(budgets) if budgets else 0
@@ -246,10 +288,15 @@ def _decode_chunk(
             cache.batch_select_indices(keep)
             mask, tokens = mask[keep], tokens[keep]
             alive = alive[keep.cpu()]
-        mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
+        mask = torch.cat(
+            [mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1
+        )
         position = (lengths[alive] + t).unsqueeze(-1)
         outputs = model(
-            input_ids=tokens.unsqueeze(-1), attention_mask=mask, position_ids=position, use_cache=True,
+            input_ids=tokens.unsqueeze(-1),
+            attention_mask=mask,
+            position_ids=position,
+            use_cache=True,
             **{cache_arg: cache},
         )
         cache = getattr(outputs, cache_arg)
@@ -268,9 +315,13 @@ class NegativeValues:
     problem: int  # index of the problem in the example list
     text: str  # the negative solution
     steps: list[str]
-    counts: list[int] = field(default_factory=list)  # correct rollouts per scored prefix 0..len(counts)-1
+    counts: list[int] = field(
+        default_factory=list
+    )  # correct rollouts per scored prefix 0..len(counts)-1
     flags: list[list[bool]] = field(default_factory=list)  # per scored prefix, per rollout
-    correct: list[list[str]] = field(default_factory=list)  # unique correct continuations per scored prefix
+    correct: list[list[str]] = field(
+        default_factory=list
+    )  # unique correct continuations per scored prefix
     m: int = 0
 
     def values(self, estimator: str = "bok", k: int = 5) -> list[float]:
@@ -281,15 +332,25 @@ class NegativeValues:
 
     def to_record(self) -> dict:
         return {
-            "problem": self.problem, "text": self.text, "steps": self.steps, "counts": self.counts,
-            "flags": ["".join("1" if x else "0" for x in f) for f in self.flags], "correct": self.correct, "m": self.m,
+            "problem": self.problem,
+            "text": self.text,
+            "steps": self.steps,
+            "counts": self.counts,
+            "flags": ["".join("1" if x else "0" for x in f) for f in self.flags],
+            "correct": self.correct,
+            "m": self.m,
         }
 
     @classmethod
     def from_record(cls, r: dict) -> NegativeValues:
         return cls(
-            r["problem"], r["text"], list(r["steps"]), list(r["counts"]),
-            [[c == "1" for c in f] for f in r["flags"]], [list(c) for c in r["correct"]], r["m"],
+            r["problem"],
+            r["text"],
+            list(r["steps"]),
+            list(r["counts"]),
+            [[c == "1" for c in f] for f in r["flags"]],
+            [list(c) for c in r["correct"]],
+            r["m"],
         )
 
 
@@ -309,8 +370,12 @@ class RolloutStats:
 
     def as_dict(self) -> dict:
         return {
-            "rollouts": self.rollouts, "rollout_prefixes": self.prefixes, "rollouts_without_reuse": self.naive_rollouts,
-            "rollout_rounds": self.rounds, "rollout_time_s": round(self.time_s, 3), "rollout_tokens": self.tokens,
+            "rollouts": self.rollouts,
+            "rollout_prefixes": self.prefixes,
+            "rollouts_without_reuse": self.naive_rollouts,
+            "rollout_rounds": self.rounds,
+            "rollout_time_s": round(self.time_s, 3),
+            "rollout_tokens": self.tokens,
             "rollouts_per_s": round(self.rollouts / self.time_s, 1) if self.time_s > 0 else None,
         }
 
@@ -364,15 +429,26 @@ def rollout_negatives(
             for p, _ in keys:
                 if p not in prompt_ids:
                     prompt_ids[p] = encode_prompt(tokenizer, prompts[p])
-            ids = [prompt_ids[p] + tokenizer(text, add_special_tokens=False)["input_ids"] for p, text in keys]
+            ids = [
+                prompt_ids[p] + tokenizer(text, add_special_tokens=False)["input_ids"]
+                for p, text in keys
+            ]
             seeds = [rollout_seed(seed, prompts[p], text) for p, text in keys]
             if engine is not None:
                 conts = engine.sample(ids, rollouts, max_new_tokens, temperature, top_p, seeds)
             else:
                 conts = sample_continuations(
-                    model, ids, rollouts, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id, temperature=temperature, top_p=top_p, seeds=seeds,
-                    share_prefix=share_prefix, batch_size=batch_size,
+                    model,
+                    ids,
+                    rollouts,
+                    max_new_tokens,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                    temperature=temperature,
+                    top_p=top_p,
+                    seeds=seeds,
+                    share_prefix=share_prefix,
+                    batch_size=batch_size,
                 )
             for (p, text), samples in zip(keys, conts):
                 texts = tokenizer.batch_decode(samples, skip_special_tokens=True) if samples else []
@@ -408,19 +484,28 @@ class _VllmEngine:
         try:
             from vllm import LLM
         except ImportError as err:  # depends on the machine
-            raise RuntimeError("objective.rollout_backend=vllm needs the vllm package; use rollout_backend=hf") from err
+            raise RuntimeError(
+                "objective.rollout_backend=vllm needs the vllm package; use rollout_backend=hf"
+            ) from err
         if model_dir is None:
             raise ValueError("the vllm rollout backend needs the SFT model directory")
         self.llm = LLM(model=model_dir, enable_prefix_caching=True, seed=seed)
 
-    def sample(self, ids, m, max_new_tokens, temperature, top_p, seeds):  # pragma: no cover - needs vllm
+    def sample(
+        self, ids, m, max_new_tokens, temperature, top_p, seeds
+    ):  # pragma: no cover - needs vllm
         from vllm import SamplingParams
 
         requests = [{"prompt_token_ids": list(x)} for x in ids]
         params = [
-            SamplingParams(n=m, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=s % (2**31))
+            SamplingParams(
+                n=m,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_new_tokens,
+                seed=s % (2**31),
+            )
             for s in seeds
         ]
         outs = self.llm.generate(requests, params, use_tqdm=False)
         return [[list(c.token_ids) for c in o.outputs] for o in outs]
-

@@ -31,7 +31,9 @@ from eightfold.verify import join_steps, split_steps
 REJECTED_MODES = ("pit", "rest")
 
 
-def pit_analysis(items: list[NegativeValues], examples, rule: str, threshold: float, estimator: str, k: int):
+def pit_analysis(
+    items: list[NegativeValues], examples, rule: str, threshold: float, estimator: str, k: int
+):
     """[(negative, values, pit, exact first wrong step or None)] and agreement statistics."""
     from eightfold.data.arithmetic import first_wrong_step
 
@@ -59,21 +61,33 @@ def pit_analysis(items: list[NegativeValues], examples, rule: str, threshold: fl
         "pits_found": sum(pits.values()),
         "pit_rule": rule,
         "pit_histogram": {str(k): v for k, v in sorted(pits.items())},
-        "prefixes_scored_per_negative": round(sum(len(n.counts) for n in items) / max(1, len(items)), 3),
+        "prefixes_scored_per_negative": round(
+            sum(len(n.counts) for n in items) / max(1, len(items)), 3
+        ),
     }
     if n_all:
-        stats.update({
-            "first_pit_agreement": round(agree / n_agree, 4) if n_agree else None,  # among V_0 > 0
-            "first_pit_agreement_n": n_agree,
-            "first_pit_agreement_all": round(agree_all / n_all, 4),  # all negatives (no pit = disagree)
-            "exact_first_wrong_histogram": {str(k): v for k, v in sorted(exacts.items(), key=lambda x: str(x[0]))},
-        })
+        stats.update(
+            {
+                "first_pit_agreement": round(agree / n_agree, 4)
+                if n_agree
+                else None,  # among V_0 > 0
+                "first_pit_agreement_n": n_agree,
+                "first_pit_agreement_all": round(
+                    agree_all / n_all, 4
+                ),  # all negatives (no pit = disagree)
+                "exact_first_wrong_histogram": {
+                    str(k): v for k, v in sorted(exacts.items(), key=lambda x: str(x[0]))
+                },
+            }
+        )
     return rows, stats
 
 
 def step_pairs(rows, examples, rejected_mode: str, seed: int) -> tuple[list[PreferencePair], dict]:
     if rejected_mode not in REJECTED_MODES:
-        raise ValueError(f"objective.rejected={rejected_mode!r} is not valid: expected one of {', '.join(REJECTED_MODES)}")
+        raise ValueError(
+            f"objective.rejected={rejected_mode!r} is not valid: expected one of {', '.join(REJECTED_MODES)}"
+        )
     rng = random.Random(f"step-pairs-{seed}")
     pairs, seen = [], set()
     no_pit = no_chosen = duplicate = 0
@@ -83,7 +97,11 @@ def step_pairs(rows, examples, rejected_mode: str, seed: int) -> tuple[list[Pref
             continue
         steps = neg.steps
         # correct continuations of the prefix before the pit whose first step is not the pit step
-        options = [c for c in (neg.correct[pit] if pit < len(neg.correct) else []) if (split_steps(c) or [""])[0] != steps[pit]]
+        options = [
+            c
+            for c in (neg.correct[pit] if pit < len(neg.correct) else [])
+            if (split_steps(c) or [""])[0] != steps[pit]
+        ]
         if not options:
             no_chosen += 1
             continue
@@ -92,17 +110,33 @@ def step_pairs(rows, examples, rejected_mode: str, seed: int) -> tuple[list[Pref
             rejected, rejected_eos = steps[pit] + ("" if last else "\n"), last
         else:
             rejected, rejected_eos = join_steps(steps[pit:]), True
-        key = (neg.problem, pit, tuple(steps[: pit + 1]) if rejected_mode == "pit" else tuple(steps))
+        key = (
+            neg.problem,
+            pit,
+            tuple(steps[: pit + 1]) if rejected_mode == "pit" else tuple(steps),
+        )
         if key in seen:
             duplicate += 1
             continue
         seen.add(key)
         ex = examples[neg.problem]
-        pairs.append(PreferencePair(
-            neg.problem, ex.prompt, prefix_text(steps, pit), rng.choice(options), rejected,
-            chosen_eos=True, rejected_eos=rejected_eos, meta={"pit": pit, "text": neg.text},
-        ))
-    return pairs, {"pairs_skipped_no_pit": no_pit, "pairs_skipped_no_chosen": no_chosen, "pairs_duplicate": duplicate}
+        pairs.append(
+            PreferencePair(
+                neg.problem,
+                ex.prompt,
+                prefix_text(steps, pit),
+                rng.choice(options),
+                rejected,
+                chosen_eos=True,
+                rejected_eos=rejected_eos,
+                meta={"pit": pit, "text": neg.text},
+            )
+        )
+    return pairs, {
+        "pairs_skipped_no_pit": no_pit,
+        "pairs_skipped_no_chosen": no_chosen,
+        "pairs_duplicate": duplicate,
+    }
 
 
 class StepDPOModule(DPOModule):
