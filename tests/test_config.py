@@ -1,17 +1,47 @@
-"""The real config tree composes, every group option instantiates, bad overrides fail early."""
+"""The real config tree composes, every group option instantiates, bad overrides fail early,
+and the config move of issue 12 left every run hash where it was."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import json
+import pickle
+import typing
+from enum import Enum
 from pathlib import Path
 
 import pytest
-from hydra.utils import instantiate
+import yaml
+from hydra.errors import ConfigCompositionException
+from hydra.utils import get_class, instantiate
+from omegaconf import MISSING, OmegaConf
 
+from eightfold import config as config_module
+from eightfold.config import (
+    CHOICES,
+    SCHEMAS,
+    ConfigError,
+    Positives,
+    compose_error_message,
+    register_configs,
+)
 from eightfold.rundir import config_hash, run_dir
+from eightfold.train import CONF_DIR
+from eightfold.validate import ConfigError as ValidateConfigError
+from eightfold.validate import validate_config
 from tests.conftest import REPO, compose_cfg, run_cli
 
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+OBJECTIVES = sorted(p.stem for p in (CONF_DIR / "objective").glob("*.yaml"))
+BASE_OBJECTIVES = sorted(SCHEMAS)  # one schema each; every other objective file is a variant
+VARIANTS = [o for o in OBJECTIVES if o not in SCHEMAS]
 
-@pytest.mark.parametrize("experiment", ["smoke", "cpu_default", "cpu_hard"])
+HASHES = json.loads((REPO / "tests" / "data" / "config_hashes.json").read_text())
+ROOT = HASHES["root"]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiments_compose_and_instantiate(experiment, tmp_path):
     cfg = compose_cfg([f"experiment={experiment}", f"paths.root={tmp_path}"])
     dm = instantiate(cfg.data, _convert_="all")
@@ -19,6 +49,33 @@ def test_experiments_compose_and_instantiate(experiment, tmp_path):
     module = instantiate(cfg.objective.module, model=model, tokenizer=tok, _convert_="all")
     assert dm.size == cfg.data.size and module.name == cfg.objective.name
     assert model.config.vocab_size == len(tok)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_objectives_compose_and_instantiate(objective, tmp_path):
+    cfg = compose_cfg(["experiment=smoke", f"objective={objective}", f"paths.root={tmp_path}"])
+    assert cfg.objective.name == objective  # the run name and the analysis label
+    assert not OmegaConf.missing_keys(cfg.objective)  # the YAML gives every key its schema has
+    validate_config(cfg)
+    for key, enum in CHOICES.items():  # typed: a typo would have failed above
+        value = OmegaConf.select(cfg.objective, key)
+        assert value is None or isinstance(value, enum), key
+    model, tok = instantiate(cfg.model)
+    module = instantiate(cfg.objective.module, model=model, tokenizer=tok, _convert_="all")
+    assert isinstance(module, get_class(cfg.objective.module._target_))
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_objective_files_say_how_to_run_them(objective):
+    first = (CONF_DIR / "objective" / f"{objective}.yaml").read_text().splitlines()[0]
+    assert first.startswith(f"# eightfold-train objective={objective}")
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_files_say_how_to_run_them(experiment):
+    lines = (CONF_DIR / "experiment" / f"{experiment}.yaml").read_text().splitlines()
+    assert lines[0] == "# @package _global_"
+    assert lines[1].startswith(f"# eightfold-train experiment={experiment}")
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
@@ -37,6 +94,193 @@ def test_config_hash_ignores_paths_and_workers_but_not_results(tmp_path):
     assert config_hash(base) == config_hash(same)
     assert config_hash(base) != config_hash(other)
     assert run_dir(base).name.startswith("sft-procedural-n1000-s0-")
+
+
+# --- the move of issue 12 kept every hash (tests/data/config_hashes.json, written before it) ---
+
+
+@pytest.mark.parametrize(
+    "entry", HASHES["compositions"], ids=lambda e: ",".join(e["overrides"][:3])
+)
+def test_composition_unchanged_by_the_config_move(entry):
+    cfg = compose_cfg([*entry["overrides"], f"paths.root={ROOT}"])
+    assert OmegaConf.to_container(cfg, resolve=True) == entry["config"]
+    assert config_hash(cfg) == entry["config_hash"]
+
+
+def _twins(variant: str) -> list[tuple[str, dict]]:
+    """The first recorded sweep run per sweep file that ran ``variant`` as a bundle of overrides."""
+    out = {}
+    for sweep, rows in HASHES["sweeps"].items():
+        for row in rows:
+            if f"objective.name={variant}" in row["overrides"] and sweep not in out:
+                out[sweep] = row
+    return sorted(out.items())
+
+
+# Variants that no sweep ran under their own name: what each must equal instead.
+# rft_self: data_source.yaml's `self_generated` ran it as objective.positives=self under the name
+# rft, so its runs cannot be told from plain rft; the file gives it its own name (and hash).
+EQUIVALENT = {
+    "rft_self": ["objective=rft", "objective.positives=self", "objective.name=rft_self"],
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_file_has_the_hash_of_its_override_bundle(variant):
+    twins = _twins(variant)
+    assert twins or variant in EQUIVALENT, (
+        f"objective/{variant}.yaml has no recorded twin: add it to EQUIVALENT"
+    )
+    for _sweep, row in twins:
+        rest = [o for o in row["overrides"] if not o.startswith("objective")]
+        cfg = compose_cfg([*rest, f"objective={variant}", f"paths.root={ROOT}"])
+        assert config_hash(cfg) == row["config_hash"], (_sweep, row["overrides"])
+    if variant in EQUIVALENT:
+        for context in (["experiment=cpu_default", "data=teacher"], ["experiment=cpu_hard"]):
+            new = compose_cfg([*context, f"objective={variant}", f"paths.root={ROOT}"])
+            old = compose_cfg([*context, *EQUIVALENT[variant], f"paths.root={ROOT}"])
+            assert OmegaConf.to_container(new, resolve=True) == OmegaConf.to_container(
+                old, resolve=True
+            )
+            assert config_hash(new) == config_hash(old)
+
+
+# --- typed objective configs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_choice_members_are_their_plain_strings(key):
+    enum = CHOICES[key]
+    for member in enum:
+        value = member.value
+        assert member.name == value and enum[value] is member
+        assert member == value and hash(member) == hash(value) and {value: 1}[member] == 1
+        assert str(member) == f"{member}" == value
+        assert json.dumps(member) == json.dumps(value)
+        assert json.dumps({"k": member}, default=str) == json.dumps({"k": value})
+        assert pickle.loads(pickle.dumps(member)) is member
+
+
+def test_choices_write_plain_yaml_and_pickle_in_a_composed_config(tmp_path):
+    cfg = compose_cfg(["objective=rft", "objective.init=base", f"paths.root={tmp_path}"])
+    assert cfg.objective.positives is Positives["teacher+self"]
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    assert "positives: teacher+self" in text and "init: base" in text
+    assert "Positives" not in text and "!!" not in text
+    plain = yaml.safe_load(text)["objective"]
+    assert type(plain["positives"]) is str and plain["init"] == "base"
+    again = pickle.loads(pickle.dumps(cfg))  # submitit pickles the config of every job
+    assert again == cfg and config_hash(again) == config_hash(cfg)
+
+
+def test_loss_types_match_the_losses_module():
+    losses = importlib.import_module("eightfold.objectives.losses")
+    assert tuple(losses.LOSS_TYPES) == config_module.LOSS_TYPES
+
+
+def _fields(schema: type, prefix: str = ""):
+    """(dotted key, field, type) of every field of a schema, nested blocks included."""
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        yield prefix + f.name, f, hints[f.name]
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _fields(hints[f.name], f"{prefix}{f.name}.")
+
+
+@pytest.mark.parametrize("name", BASE_OBJECTIVES)
+def test_every_schema_field_has_help_and_no_value(name):
+    for key, f, type_ in _fields(SCHEMAS[name]):
+        assert f.metadata.get("help"), f"{SCHEMAS[name].__name__}.{key} has no help"
+        if not dataclasses.is_dataclass(type_):  # values live in conf/objective/*.yaml only
+            assert f.default == MISSING, f"{SCHEMAS[name].__name__}.{key} has a value"
+
+
+def test_choices_name_every_enum_typed_field():
+    typed = {
+        (key, type_)
+        for schema in SCHEMAS.values()
+        for key, _, type_ in _fields(schema)
+        if isinstance(type_, type) and issubclass(type_, Enum)
+    }
+    assert typed == set(CHOICES.items())
+
+
+def test_register_configs_is_idempotent(tmp_path):
+    register_configs()
+    register_configs()
+    cfg = compose_cfg(["objective=step_dpo_pool_long", f"paths.root={tmp_path}"])
+    assert cfg.objective.rejected == "pit" and cfg.objective.max_negatives is None
+
+
+def test_config_error_lives_in_config_and_is_reexported():
+    assert ValidateConfigError is ConfigError and issubclass(ConfigError, ValueError)
+
+
+TYPOS = [
+    (
+        ["objective=step_dpo", "objective.rejected=foo"],
+        "objective.rejected='foo' is not valid: expected one of [pit, rest]",
+    ),
+    (
+        ["objective=step_dpo", "objective.pit_rule=nope"],
+        "objective.pit_rule='nope' is not valid: expected one of"
+        " [first_zero, argmin_advantage, first_drop]",
+    ),
+    (
+        ["objective=rft", "objective.positives=both"],
+        "objective.positives='both' is not valid: expected one of [teacher+self, self, teacher]",
+    ),
+    (
+        ["objective=dpo", "objective.module.loss_type=xx"],
+        "objective.module.loss_type='xx' is not valid: expected one of"
+        " [sigmoid, ipo, hinge, robust, sigmoid_norm]",
+    ),
+    (
+        ["objective=awr_pool", "objective.value=bokk"],
+        "objective.value='bokk' is not valid: expected one of [bok, bok_any, mean]",
+    ),
+    (
+        ["objective=rft_pool", "objective.sample_prompts=test"],
+        "objective.sample_prompts='test' is not valid: expected one of [train, pool]",
+    ),
+    (
+        ["objective=dpo", "objective.module.epochs=two"],
+        "objective.module.epochs='two' is not valid:",
+    ),
+]
+
+
+@pytest.mark.parametrize("overrides, message", TYPOS, ids=[ov[-1] for ov, _ in TYPOS])
+def test_value_typo_fails_at_compose_time(overrides, message, tmp_path):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg([*overrides, f"paths.root={tmp_path}"])
+    assert compose_error_message(info.value).startswith(message)
+
+
+def test_objective_key_left_unset_is_a_config_error(tmp_path):
+    cfg = compose_cfg(["experiment=smoke", "objective=rft", f"paths.root={tmp_path}"])
+    cfg.objective.k = "???"
+    with pytest.raises(ConfigError, match=r"objective=rft leaves objective\.k unset"):
+        validate_config(cfg)
+
+
+def test_value_typo_stops_the_cli_before_any_work(tmp_path: Path):
+    proc = run_cli(
+        [
+            "eightfold.train",
+            "experiment=smoke",
+            "objective=step_dpo",
+            "objective.rejected=foo",
+            f"paths.root={tmp_path}",
+        ],
+        cwd=REPO,
+    )
+    out = proc.stderr + proc.stdout
+    assert proc.returncode != 0
+    assert "objective.rejected" in out and "expected one of [pit, rest]" in out
+    assert "Traceback" not in out
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(

@@ -5,18 +5,17 @@ Every message names the bad value and says what would be valid.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from eightfold.config import ConfigError
 from eightfold.data.arithmetic import max_variables, pool_size
+
+__all__ = ["ConfigError", "validate_config"]
 
 # Kept in step with eightfold.data.synthetic.SOURCES (a test checks it); listed here so that
 # validation stays import-light.
 SOURCES = ("procedural", "procedural_teacher", "gsm8k_teacher", "math_teacher", "gsm8k", "math")
 KINDS = ("procedural", "gsm8k", "math")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; raised before any work starts."""
 
 
 def _positive_int(value, key: str, example: str) -> int:
@@ -28,6 +27,7 @@ def _positive_int(value, key: str, example: str) -> int:
 
 
 def validate_config(cfg: DictConfig) -> None:
+    _check_objective(cfg)
     data = cfg.data
     size = _positive_int(data.size, "data.size", "500")
     _positive_int(data.test_size, "data.test_size", "500")
@@ -78,9 +78,18 @@ def validate_config(cfg: DictConfig) -> None:
             )
 
 
-def _check_teacher(data: DictConfig) -> None:
-    from omegaconf import OmegaConf
+def _check_objective(cfg: DictConfig) -> None:
+    """The values' types and choices are checked at compose time (eightfold.config); a key that
+    an objective's YAML leaves at the schema's ??? is caught here, before any work."""
+    missing = sorted(OmegaConf.missing_keys(cfg.objective))
+    if missing:
+        raise ConfigError(
+            f"objective={cfg.objective.get('name', '?')} leaves {', '.join(missing)} unset:"
+            " give each a value in its conf/objective/*.yaml or on the command line"
+        )
 
+
+def _check_teacher(data: DictConfig) -> None:
     from eightfold.data.synthetic import LABELS
     from eightfold.data.teachers import check_config
 
