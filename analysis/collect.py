@@ -15,9 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .common import AnalysisError, atomic_write, write_json
+from eightfold.runfiles import CONFIG, FAILED, RESULT, write_atomic
 
-MARKERS = ("result.json", "failed.json", "config.yaml")
+from .common import AnalysisError, write_json
+
+MARKERS = (RESULT, FAILED, CONFIG)
 IDENTITY = ("objective", "source", "n", "seed", "config_hash")
 # Column order of results.csv: the contract's columns first, then any scalar extras.
 COLUMNS = (
@@ -47,7 +49,7 @@ def find_run_dirs(root: Path) -> list[Path]:
     has_run_below = {p for d in found for p in d.parents}
     runs = []
     for d in found:
-        only_config = not (d / "result.json").exists() and not (d / "failed.json").exists()
+        only_config = not (d / RESULT).exists() and not (d / FAILED).exists()
         if not (only_config and d in has_run_below):
             runs.append(d)
     return runs
@@ -106,18 +108,18 @@ def collect(root: str | Path) -> tuple[list[dict], list[dict]]:
     rows, problems = [], []
     for d in run_dirs:
         rel = str(d.relative_to(root)) if d != root else "."
-        if (d / "result.json").exists():
+        if (d / RESULT).exists():
             try:
-                row, why = _row_from_result(_read_json(d / "result.json"), d)
+                row, why = _row_from_result(_read_json(d / RESULT), d)
             except (OSError, ValueError) as e:
                 row, why = None, f"unreadable result.json: {e}"
             if row is not None:
                 rows.append(row)
             else:
                 problems.append({"status": "invalid", "run_dir": rel, "error": why})
-        elif (d / "failed.json").exists():
+        elif (d / FAILED).exists():
             try:
-                info = _read_json(d / "failed.json")
+                info = _read_json(d / FAILED)
             except (OSError, ValueError) as e:
                 info = {"error": f"unreadable failed.json: {e}"}
             p = {"status": "failed", "run_dir": rel}
@@ -173,7 +175,7 @@ def write_results(
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    atomic_write(out, buf.getvalue())
+    write_atomic(out, buf.getvalue())
     counts = {
         s: sum(p["status"] == s for p in problems) for s in ("failed", "incomplete", "invalid")
     }

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from .common import atomic_write  # noqa: E402
+from eightfold.runfiles import write_atomic  # noqa: E402
 
 KNOWN_ORDER = ("sft", "rft", "dpo", "step_dpo")
 
@@ -33,7 +33,7 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     for ext in ("png", "pdf"):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
-        paths.append(atomic_write(out_dir / f"{name}.{ext}", buf.getvalue()))
+        paths.append(write_atomic(out_dir / f"{name}.{ext}", buf.getvalue()))
     plt.close(fig)
     return paths
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from eightfold.runfiles import write_atomic
+
 from .collect import describe_problem
-from .common import atomic_write
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -186,4 +187,4 @@ def write_report(
             f"- Intervals: {fits['ci_method']}.",
             "",
         ]
-    return atomic_write(out_dir / "report.md", "\n".join(L) + "\n")
+    return write_atomic(out_dir / "report.md", "\n".join(L) + "\n")

@@ -27,8 +27,8 @@ import torch
 from eightfold.data import cache
 from eightfold.data.seeds import procedural_stream
 from eightfold.data.synthetic import SeedStream, stream_builder
-from eightfold.data.teachers import HFTeacher, Task, fingerprint_model
-from eightfold.models import tiny_gpt
+from eightfold.data.teachers import HFTeacher, Task
+from eightfold.models import fingerprint_model, tiny_gpt
 
 TASK = {"chains": 2, "steps": 2, "modulus": 7}
 

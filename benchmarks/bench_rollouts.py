@@ -27,7 +27,8 @@ import torch
 
 
 def train_model(steps: int, seed: int = 0):
-    from eightfold.data.datamodule import TokenizedPairs, collate_sft, procedural_split
+    from eightfold.data.datamodule import TokenizedPairs, collate_sft
+    from eightfold.data.examples import procedural_split
     from eightfold.models import tiny_gpt
     from eightfold.objectives.base import token_logps, warmup_cosine
 
@@ -79,14 +80,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from eightfold.data.datamodule import procedural_split
+    from eightfold.data.examples import procedural_split
     from eightfold.generation import encode_prompt, generate
-    from eightfold.objectives.rollouts import prefix_text, rollout_negatives, sample_continuations
+    from eightfold.rollouts import prefix_text, rollout_negatives, sample_continuations
     from eightfold.verify import is_correct, split_steps
 
     t0 = time.perf_counter()
     if args.model_dir:
-        from eightfold.data.self_generated import load_pretrained
+        from eightfold.objectives.pi_sft import load_pretrained
 
         model, tok = load_pretrained(args.model_dir)
         train, _ = procedural_split(2000, 0, 500, 12345, chains=1, steps=4, modulus=7)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------- workloads
 def tiny_workload(batch_size: int, varied: bool, seed: int = 0):
-    from eightfold.data.datamodule import procedural_split
+    from eightfold.data.examples import procedural_split
     from eightfold.generation import encode_prompt, encode_response
     from eightfold.models import tiny_gpt
 
@@ -223,7 +223,7 @@ def sync(device: torch.device) -> None:
 
 def build_batches(objective, tok, seqs, rejected, groups, pack_length=None, ref=None):
     from eightfold.data.datamodule import collate_sft
-    from eightfold.objectives.pairs import TokenizedPair, collate_preference
+    from eightfold.objectives.preference import TokenizedPair, collate_preference
 
     pad = tok.pad_token_id
     if objective == "sft":
@@ -309,7 +309,7 @@ def main() -> None:
     for objective in objectives:
         ref = None
         if objective == "dpo":  # reference log-probs once, as the DPO objective caches them
-            from eightfold.objectives.pairs import TokenizedPair, reference_logps
+            from eightfold.objectives.preference import TokenizedPair, reference_logps
 
             items = [TokenizedPair(p, r, rj) for (p, r), rj in zip(seqs, rejected)]
             ref = reference_logps(base.to(device), items, tok.pad_token_id, 64, args.chunk)

@@ -4,7 +4,6 @@ and the config move of issue 12 left every run hash where it was."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import pickle
 import typing
@@ -17,7 +16,6 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class, instantiate
 from omegaconf import MISSING, OmegaConf
 
-from eightfold import config as config_module
 from eightfold.config import (
     CHOICES,
     SCHEMAS,
@@ -172,11 +170,6 @@ def test_choices_write_plain_yaml_and_pickle_in_a_composed_config(tmp_path):
     assert type(plain["positives"]) is str and plain["init"] == "base"
     again = pickle.loads(pickle.dumps(cfg))  # submitit pickles the config of every job
     assert again == cfg and config_hash(again) == config_hash(cfg)
-
-
-def test_loss_types_match_the_losses_module():
-    losses = importlib.import_module("eightfold.objectives.losses")
-    assert tuple(losses.LOSS_TYPES) == config_module.LOSS_TYPES
 
 
 def _fields(schema: type, prefix: str = ""):

@@ -18,7 +18,7 @@ from eightfold.objectives.losses import (
     nll_term,
     weighted_nll,
 )
-from eightfold.objectives.pairs import TokenizedPair, collate_pairs
+from eightfold.objectives.preference import TokenizedPair, collate_pairs
 
 
 def t(*xs: float) -> torch.Tensor:

@@ -11,8 +11,9 @@ import json
 import pytest
 import torch
 
-import eightfold.objectives.pairs as pairs_mod
-from eightfold.rundir import RESULT, run_dir
+import eightfold.objectives.preference as preference
+from eightfold.rundir import run_dir
+from eightfold.runfiles import RESULT
 from eightfold.train import run
 from tests.conftest import REPO, compose_cfg, run_cli
 
@@ -89,7 +90,7 @@ def test_rft_trains_on_teacher_plus_self_generated(root):
 
 def test_dpo_trains_bounded_epochs_and_computes_reference_logps_once(root, monkeypatch):
     calls = []
-    original = pairs_mod.reference_logps
+    original = preference.reference_logps
 
     def counting(model, items, pad_id, batch_size=128, chunk_size=None):
         forwards = []
@@ -101,7 +102,7 @@ def test_dpo_trains_bounded_epochs_and_computes_reference_logps_once(root, monke
         calls.append((len(items), len(forwards)))
         return out
 
-    monkeypatch.setattr(pairs_mod, "reference_logps", counting)
+    monkeypatch.setattr(preference, "reference_logps", counting)
     cfg = cfg_for(root, "dpo", "objective.module.ref_batch_size=64")
     run(cfg)
     r = finished(cfg)

@@ -13,8 +13,9 @@ from transformers import GPT2LMHeadModel
 from eightfold.data.datamodule import collate_sft, pack_sequences
 from eightfold.models import enable_activation_checkpointing, tiny_gpt
 from eightfold.objectives.base import model_token_logps, sequence_logps, sequence_sums
-from eightfold.objectives.pairs import TokenizedPair, collate_pairs, reference_logps
-from eightfold.rundir import MODEL_DIR, RESULT, run_dir
+from eightfold.objectives.preference import TokenizedPair, collate_pairs, reference_logps
+from eightfold.rundir import run_dir
+from eightfold.runfiles import MODEL_DIR, RESULT
 from eightfold.train import run
 
 

@@ -7,18 +7,17 @@ import functools
 import pytest
 import torch
 
-from eightfold.data.datamodule import TokenizedPairs, collate_sft, procedural_split
+from eightfold.data.datamodule import TokenizedPairs, collate_sft
+from eightfold.data.examples import procedural_split
 from eightfold.generation import encode_prompt, generate
 from eightfold.models import tiny_gpt
 from eightfold.objectives.base import token_logps
-from eightfold.objectives.rollouts import (
+from eightfold.objectives.step_values import advantages, first_pit, prefix_values, step_value
+from eightfold.rollouts import (
     NegativeValues,
-    advantages,
-    first_pit,
     prefix_text,
     rollout_negatives,
     sample_continuations,
-    step_value,
 )
 from eightfold.verify import is_correct
 
@@ -87,8 +86,8 @@ def test_values_fill_dead_and_terminal_prefixes_with_zero():
         flags=[[True] * 4 + [False] * 4, [True] * 2 + [False] * 6, [False] * 8],
         m=8,
     )
-    assert n.values("mean") == [0.5, 0.25, 0.0, 0.0, 0.0]
-    assert first_pit(n.values("bok", 5)) == 1
+    assert prefix_values(n, "mean") == [0.5, 0.25, 0.0, 0.0, 0.0]
+    assert first_pit(prefix_values(n, "bok", 5)) == 1
     assert NegativeValues.from_record(n.to_record()) == n
 
 
@@ -193,7 +192,7 @@ def test_prefix_reuse_gives_the_same_step_values_as_naive_rollouts(policy):
     fast, fast_stats = rollout_negatives(*args, share_prefix=True, **kw)
     slow, slow_stats = rollout_negatives(*args, share_prefix=False, batch_size=16, **kw)
     assert [n.counts for n in fast] == [n.counts for n in slow]
-    assert [n.values("bok", 5) for n in fast] == [n.values("bok", 5) for n in slow]
+    assert [prefix_values(n, "bok", 5) for n in fast] == [prefix_values(n, "bok", 5) for n in slow]
     assert [n.correct for n in fast] == [n.correct for n in slow]
     assert sum(map(sum, (n.counts for n in fast))) > 0  # not the trivial all-zero case
     assert fast_stats.rollouts == slow_stats.rollouts

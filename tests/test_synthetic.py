@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from eightfold import validate
 from eightfold.data import synthetic
 from eightfold.data.arithmetic import generate_problems
-from eightfold.data.datamodule import procedural_split
+from eightfold.data.examples import procedural_split
 from eightfold.data.seeds import Seed, procedural_stream
 from eightfold.data.synthetic import SOURCES, build_split, parse_rewrite, synthetic_dataset
 from eightfold.data.teachers import ProceduralTeacher

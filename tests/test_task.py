@@ -12,7 +12,7 @@ from eightfold.data.arithmetic import (
     is_strictly_correct,
     pool_size,
 )
-from eightfold.data.datamodule import procedural_split
+from eightfold.data.examples import procedural_split
 from eightfold.verify import is_correct, split_steps
 
 TASK = dict(chains=2, steps=2, modulus=7)

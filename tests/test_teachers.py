@@ -31,11 +31,10 @@ from eightfold.data.teachers import (
     Task,
     TeacherError,
     _retry_after,
-    fingerprint_model,
     make_teacher,
     public_config,
 )
-from eightfold.models import tiny_gpt
+from eightfold.models import fingerprint_model, tiny_gpt
 from eightfold.verify import is_correct, split_steps
 
 DATA = Path(__file__).parent / "data"

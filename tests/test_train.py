@@ -8,7 +8,8 @@ import json
 import pytest
 
 from eightfold.objectives.sft import SFTModule
-from eightfold.rundir import FAILED, RESULT, last_checkpoint, read_result, run_dir
+from eightfold.rundir import run_dir
+from eightfold.runfiles import FAILED, RESULT, last_checkpoint, read_result
 from eightfold.train import run
 from tests.conftest import REPO, run_cli
 

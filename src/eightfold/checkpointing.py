@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from eightfold.rundir import write_atomic
+from eightfold.runfiles import write_atomic
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

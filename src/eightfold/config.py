@@ -57,9 +57,8 @@ def _choices(name: str, values: tuple[str, ...]) -> type[_StrEnum]:
     return _StrEnum(name, [(v, v) for v in values], module=__name__)
 
 
-# One tuple per choice: the enums below are built from them, and the objectives' own checks and
-# messages can use them. LOSS_TYPES is kept equal to eightfold.objectives.losses.LOSS_TYPES (a
-# test checks it; repeated here so that this module stays at the bottom of the import graph).
+# One tuple per choice, the one place they are written: the enums below are built from them,
+# and the objectives' own checks and messages import them from here.
 REJECTED = ("pit", "rest")
 PIT_RULES = ("first_zero", "argmin_advantage", "first_drop")
 VALUES = ("bok", "bok_any", "mean")

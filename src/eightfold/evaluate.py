@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from eightfold.data.arithmetic import is_strictly_correct
-from eightfold.data.datamodule import Example
+from eightfold.data.examples import Example
 from eightfold.generation import generate
 from eightfold.verify import is_correct
 

@@ -1,6 +1,10 @@
-"""Batched decoding with a KV cache: the one sampling path for evaluation, RFT samples and rollouts."""
+"""Batched decoding with a KV cache: evaluation, pi_sft's samples and model teachers decode here;
+rollouts use the prefix-sharing engine in :mod:`eightfold.rollouts` with the same padding and
+token rules."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -17,12 +21,14 @@ def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[i
     return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and their attention mask: every prompt ends at the last column, where
+    decoding continues (evaluation, samples and rollouts pad the same way)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = torch.tensor(s)
+        ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
         mask[i, width - len(s) :] = 1
     return ids, mask
 
@@ -59,7 +65,7 @@ def generate(
             torch.manual_seed(seed)
         starts = range(0, len(encoded), per_batch)
         for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
-            ids, mask = _left_pad(encoded[start : start + per_batch], tokenizer.pad_token_id)
+            ids, mask = left_pad(encoded[start : start + per_batch], tokenizer.pad_token_id)
             # Never decode past the model's context (a tiny model's n_positions is small).
             limit = getattr(model.config, "max_position_embeddings", None)
             new_tokens = min(max_new_tokens, limit - ids.shape[1]) if limit else max_new_tokens

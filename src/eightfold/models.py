@@ -124,3 +124,23 @@ def hf_causal_lm(
         name, trust_remote_code=trust_remote_code, **kwargs
     )
     return model, tokenizer
+
+
+def run_device(accelerator: str | None = "auto") -> torch.device:
+    """Where a run samples, rolls out and evaluates: a GPU when the accelerator asks for one
+    (``gpu``, ``cuda`` or ``auto``) and one exists, else the CPU; any other value (``cpu``,
+    ``cuda:1``) is taken as it is."""
+    if accelerator in ("gpu", "cuda", "auto", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(accelerator)
+
+
+def fingerprint_model(model: PreTrainedModel) -> str:
+    """sha256 of a model's state dict (for a model built in memory, e.g. in tests/benchmarks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # bytes, any dtype
+        h.update(name.encode() + b"\0" + raw.numpy().tobytes())
+    return h.hexdigest()

@@ -3,17 +3,15 @@
 The key is a hash of the resolved config minus the keys that cannot change the numbers (output
 paths, worker counts, progress bars, the launcher). The same experiment launched twice, from two
 sweeps, in the same second, or after a preemption, lands in the same directory: a finished run is
-skipped, an interrupted one resumes, two sweeps cannot clobber each other's outputs.
+skipped, an interrupted one resumes, two sweeps cannot clobber each other's outputs. What a run
+directory holds, and how its status is read, is :mod:`eightfold.runfiles`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,7 +22,6 @@ HASH_EXCLUDE = (
     "perf",  # packing / chunked log-probs / activation checkpointing: same numbers, faster
     "logger",
     "callbacks",
-    "debug_name",
     "data.num_workers",
     "data.cache_dir",
     "eval.batch_size",
@@ -42,13 +39,6 @@ HASH_EXCLUDE = (
     "data.teacher.device",
     "data.teacher.base_url",
 )
-
-RESULT = "result.json"
-FAILED = "failed.json"
-CONFIG = "config.yaml"
-CHECKPOINTS = "checkpoints"
-LAST_CKPT = "last.ckpt"
-MODEL_DIR = "model"  # the final weights + tokenizer in save_pretrained format
 
 
 def _drop(tree: dict, dotted: str) -> None:
@@ -77,38 +67,3 @@ def run_name(cfg: DictConfig) -> str:
 def run_dir(cfg: DictConfig) -> Path:
     """``<paths.root>/runs/<objective>-<source>-n<size>-s<seed>-<hash>``."""
     return Path(cfg.paths.root) / "runs" / run_name(cfg)
-
-
-def last_checkpoint(directory: Path) -> Path | None:
-    path = Path(directory) / CHECKPOINTS / LAST_CKPT
-    return path if path.is_file() else None
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def read_result(directory: Path) -> dict | None:
-    """The finished run's result, or None if the run has not finished (or its file is unreadable)."""
-    path = Path(directory) / RESULT
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None

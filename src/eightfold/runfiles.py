@@ -25,7 +25,13 @@ MODEL_DIR = "model"  # the final weights + tokenizer in save_pretrained format
 
 # The status of a run directory, in the order a summary lists them (``invalid`` is a config
 # that does not compose or validate: it has no directory).
-FINISHED, FAILED_STATUS, PARTIAL, PENDING, INVALID = "finished", "failed", "partial", "pending", "invalid"
+FINISHED, FAILED_STATUS, PARTIAL, PENDING, INVALID = (
+    "finished",
+    "failed",
+    "partial",
+    "pending",
+    "invalid",
+)
 STATUSES = (FINISHED, FAILED_STATUS, PARTIAL, PENDING, INVALID)
 
 # Above this many bytes of weights, the fingerprint is (name, size, mtime) instead of a sha256.

@@ -3,9 +3,15 @@
     eightfold-train experiment=smoke
     eightfold-train -m experiment=cpu_default data.size=125,250,500,1000,2000 paths.root=DIR
 
-Flow: validate the config (clear errors before any work) -> skip if the run's ``result.json``
-exists -> lock the run directory -> build data, model, objective, trainer -> fit (resuming from
+Flow, one stage per numbered step in ``_run_locked``: validate the config (clear errors before
+any work) -> skip if the run's ``result.json`` exists -> lock the run directory -> build data,
+model and objective -> pi_sft (the SFT run of the same data, model and seed, trained first if
+needed) when the objective starts from it -> the objective prepares its training data (the
+``Objective`` contract, ``eightfold/objectives/__init__.py``) -> fit (resuming from
 ``checkpoints/last.ckpt`` after a preemption) -> greedy evaluation -> atomic ``result.json``.
+
+Under a multirun a failed run writes ``failed.json`` and returns, so the launcher waits for every
+job of the sweep (``eightfold-sweep`` reads each run's own files for the summary).
 """
 
 from __future__ import annotations
@@ -25,22 +31,24 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from eightfold import __version__
-from eightfold.rundir import (
+from eightfold.config import ConfigError, register_configs
+from eightfold.rundir import config_hash, run_dir
+from eightfold.runfiles import (
     CHECKPOINTS,
     CONFIG,
     FAILED,
     MODEL_DIR,
     RESULT,
-    config_hash,
     last_checkpoint,
     read_result,
-    run_dir,
     write_atomic,
     write_json_atomic,
 )
-from eightfold.validate import ConfigError, validate_config
+from eightfold.validate import validate_config
 
 log = logging.getLogger("eightfold")
+
+register_configs()
 
 # A per-process id for Hydra's log folders (cached: one value per launch).
 OmegaConf.register_new_resolver(
@@ -60,7 +68,7 @@ OmegaConf.register_new_resolver(
 CONF_DIR = Path(os.environ.get("EIGHTFOLD_CONF", Path(__file__).resolve().parents[2] / "conf"))
 
 
-def _build_trainer(cfg: DictConfig, directory: Path):
+def _build_trainer(cfg: DictConfig, directory: Path, max_steps: int | None = None):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -88,8 +96,14 @@ def _build_trainer(cfg: DictConfig, directory: Path):
     logger = ResumableCSVLogger(
         directory, name="logs", version="", flush_logs_every_n_steps=cfg.checkpoint_every_n_steps
     )
+    budget = {} if max_steps is None else {"max_steps": int(max_steps)}  # the objective's own
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, plugins=plugins, logger=logger, default_root_dir=directory
+        cfg.trainer,
+        callbacks=callbacks,
+        plugins=plugins,
+        logger=logger,
+        default_root_dir=directory,
+        **budget,
     )
     return trainer
 
@@ -135,6 +149,7 @@ def run(cfg: DictConfig, wait: bool = False) -> dict:
                 "config_hash": config_hash(cfg),
                 "error": f"{type(err).__name__}: {err}",
                 "traceback": traceback.format_exc(),
+                **job_info(),
             },
         )
         log.error("run failed, see %s", directory / FAILED)
@@ -147,7 +162,9 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
     import lightning as L
 
     from eightfold.evaluate import evaluate
-    from eightfold.models import apply_lora, merge_lora
+    from eightfold.models import apply_lora, merge_lora, run_device
+    from eightfold.objectives import Objective
+    from eightfold.objectives.pi_sft import PiSft
 
     t0 = time.perf_counter()
     log.info("run dir: %s", directory)
@@ -155,6 +172,7 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
     (directory / FAILED).unlink(missing_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    # 1. data, model, objective
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_examples()
     lora = cfg.model.get("lora")
@@ -162,34 +180,45 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
     datamodule.tokenizer = tokenizer
     check_context_fits(datamodule, model, tokenizer)
     module = instantiate(cfg.objective.module, model=model, tokenizer=tokenizer, _convert_="all")
+    if not isinstance(module, Objective):
+        raise TypeError(
+            f"{cfg.objective.module._target_} is not an objective: it lacks part of the contract"
+            " in eightfold/objectives/__init__.py (name, needs_pi_sft, train_steps, prepare,"
+            " result_fields)"
+        )
     apply_perf(cfg.perf, model, datamodule, module)
     data_time = time.perf_counter() - t0
-    if hasattr(module, "prepare_data_for_run"):  # RFT / DPO build their data from pi_sft here
-        module.prepare_data_for_run(cfg, datamodule, directory)
+
+    # 2. pi_sft (trained first if needed), then the objective's own training data
+    pi_sft = None
+    if module.needs_pi_sft:
+        pi_sft = PiSft(cfg, datamodule, ensure_sft_model(cfg))
+        log.info("pi_sft: %s", pi_sft.dir)
+    train_data = module.prepare(cfg, datamodule, pi_sft) or datamodule
+    if pi_sft is not None:
+        # the same RNG state at fit start whether the SFT run trained in this process or not
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if lora:  # after pi_sft's weights are in: the adapters train on top of them
         model = module.model = apply_lora(model, OmegaConf.to_container(lora))
 
+    # 3. fit, resuming from the last checkpoint after a preemption
     _quiet_duplicate_lightning_logs()
-    trainer = _build_trainer(cfg, directory)
+    trainer = _build_trainer(cfg, directory, max_steps=module.train_steps)
     resume = last_checkpoint(directory)
     resumed_from_step = _ckpt_step(resume)
     if resume is not None:
         log.info("resuming from %s (step %d)", resume, resumed_from_step)
     t_train = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    trainer.fit(module, datamodule=train_data, ckpt_path=str(resume) if resume else None)
     train_time = time.perf_counter() - t_train
 
+    # 4. save, evaluate greedily on the test set, write result.json
     result: dict = {}
     if trainer.global_rank == 0:
         model = merge_lora(model)  # saved and evaluated as plain weights
         if cfg.save_model:
             save_model_atomic(model, tokenizer, directory / MODEL_DIR)
-        device = (
-            "cuda"
-            if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto")
-            else "cpu"
-        )
-        model.to(device)
+        model.to(run_device(cfg.trainer.accelerator))
         t_eval = time.perf_counter()
         metrics = evaluate(
             model,
@@ -221,12 +250,13 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
             "eval_time_s": round(eval_time, 3),
             "wall_time_s": round(time.perf_counter() - t0, 3),
             "eightfold_version": __version__,
+            **job_info(),
             **{
                 f"data_{k}": v
                 for k, v in getattr(datamodule, "data_info", {}).items()
                 if _scalar(v)
             },
-            **getattr(module, "run_stats", {}),
+            **module.result_fields(),
         }
         write_json_atomic(directory / RESULT, result)
         log.info(
@@ -238,6 +268,27 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
             directory / RESULT,
         )
     return result
+
+
+def job_info() -> dict:
+    """Which launcher job ran this run and where its log is (null outside a Hydra app): the
+    sweep summary reads them from the run's own files, not from the launcher's folders."""
+    job_id = job_log = None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        job_id = str(hc.job.id) if OmegaConf.select(hc, "job.id") is not None else None
+        job_log = str(Path(hc.runtime.output_dir) / f"{hc.job.name}.log")
+    except (ValueError, ImportError, AttributeError):  # not under a Hydra app (tests, the API)
+        pass
+    try:  # under the submitit launcher (SLURM) the job's own stderr is the useful log
+        import submitit
+
+        job_log = str(submitit.JobEnvironment().paths.stderr)
+    except (RuntimeError, ImportError):
+        pass
+    return {"job_id": job_id, "job_log": job_log}
 
 
 def apply_perf(perf: DictConfig, model, datamodule, module) -> None:
@@ -290,12 +341,23 @@ def save_model_atomic(model, tokenizer, target: Path) -> None:
     os.replace(tmp, target)
 
 
+def objective_config(name: str) -> DictConfig:
+    """``conf/objective/<name>.yaml`` composed as ``objective=<name>`` composes it (its schema and
+    shared blocks included), inside a running Hydra app or outside one."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=f"objective/{name}").objective
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=f"objective/{name}").objective
+
+
 def sft_config(cfg: DictConfig) -> DictConfig:
     """The SFT run that an objective built on pi_sft starts from: this config with objective=sft."""
-    sft = OmegaConf.load(CONF_DIR / "objective" / "sft.yaml")
     base = cfg.copy()
     OmegaConf.set_struct(base, False)
-    base.objective = sft
+    base.objective = objective_config("sft")
     base.save_model = True
     return base
 
@@ -347,7 +409,24 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except ConfigError as err:  # bad overrides: one clear line, no traceback, nothing trained
         print(f"eightfold: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Exception:
+        # A multirun keeps going (the launcher then waits for every job): the run has written
+        # failed.json, and the sweep's summary names it. A single run fails loudly.
+        if not _in_multirun():
+            raise
+        log.exception("run failed; the multirun goes on")
+        return None
     return result.get("test_error")
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
 
 
 def main() -> None:

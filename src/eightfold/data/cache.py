@@ -39,7 +39,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from eightfold.rundir import write_atomic, write_json_atomic
+from eightfold.runfiles import write_atomic, write_json_atomic
 
 FORMAT_VERSION = 1  # bump when the on-disk layout changes; it is part of every hash
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]+$")

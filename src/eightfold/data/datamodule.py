@@ -1,55 +1,22 @@
-"""Training / test examples and the LightningDataModule that batches them.
+"""The LightningDataModule that holds a run's examples and serves SFT batches.
 
-An ``Example`` is a prompt, a reference solution and its final answer. The procedural source
-draws the first ``size`` problems of a seeded stream (so size n is a prefix of size 2n) and a
-fixed held-out test set that never appears in training.
+Examples come from :mod:`eightfold.data.examples` (procedural) or :mod:`eightfold.data.synthetic`
+(teacher data, local files). An objective that trains on other SFT pairs (RFT) gets a copy with
+its own pairs through :meth:`MathDataModule.with_train_pairs`.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
-import random
-from dataclasses import dataclass, field
-from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from eightfold.data.arithmetic import Problem, generate_problems, pool_size
+from eightfold.data.examples import Example, procedural_split
+from eightfold.data.synthetic import build_split
 from eightfold.generation import encode_prompt, encode_response
-
-
-@dataclass
-class Example:
-    prompt: str
-    solution: str
-    answer: str
-    problem: Problem | None = None  # procedural only: gives exact step checks
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-def procedural_split(
-    size: int, seed: int, test_size: int, test_seed: int, chains: int, steps: int, modulus: int
-) -> tuple[list[Example], list[Example]]:
-    """(train, test). Test problems come from their own stream; training skips their prompts."""
-    test = generate_problems(test_size, test_seed, chains, steps, modulus)
-    exclude = {p.prompt for p in test}
-    train = generate_problems(size, seed, chains, steps, modulus, exclude=exclude)
-
-    # The teacher writes one uniformly random valid order per problem, seeded per problem index
-    # so that the first n solutions do not depend on the total size.
-    def to_example(p: Problem, i: int, stream: int) -> Example:
-        sol = p.solution(random.Random(f"teacher-{stream}-{i}"))
-        return Example(p.prompt, sol, str(p.answer), p)
-
-    return [to_example(p, i, seed) for i, p in enumerate(train)], [
-        to_example(p, i, test_seed) for i, p in enumerate(test)
-    ]
-
-
-def procedural_pool_size(chains: int, steps: int, modulus: int) -> int:
-    return pool_size(chains, steps, modulus)
 
 
 class TokenizedPairs(torch.utils.data.Dataset):
@@ -176,13 +143,12 @@ class MathDataModule(L.LightningDataModule):
         self.pack_length: int | None = None  # perf.packing: padding-free rows (set by the run)
         self.train_examples: list[Example] = []
         self.test_examples: list[Example] = []
+        self._train_pairs: list[tuple[str, str]] | None = None  # with_train_pairs
 
     def prepare_examples(self) -> None:
         if self.train_examples:
             return
         if self.source != "procedural":
-            from eightfold.data.synthetic import build_split
-
             self.train_examples, self.test_examples, self.data_info = build_split(
                 source=self.source,
                 kind=self.kind,
@@ -202,7 +168,17 @@ class MathDataModule(L.LightningDataModule):
         self.prepare_examples()
 
     def train_pairs(self) -> list[tuple[str, str]]:
+        """The (prompt, solution) pairs SFT trains on: the training examples, unless replaced."""
+        if self._train_pairs is not None:
+            return list(self._train_pairs)
         return [(e.prompt, e.solution) for e in self.train_examples]
+
+    def with_train_pairs(self, pairs: list[tuple[str, str]]) -> MathDataModule:
+        """A copy that trains on ``pairs`` through exactly this SFT path (same batching, shuffling
+        and loss); examples, test set and tokenizer are shared. RFT trains this way."""
+        other = copy.copy(self)
+        other._train_pairs = list(pairs)
+        return other
 
     def train_dataloader(self) -> DataLoader:
         ds = TokenizedPairs(self.tokenizer, self.train_pairs())

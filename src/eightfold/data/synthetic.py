@@ -2,12 +2,12 @@
 
 Data sources (``data.source``), all scored on the same held-out test set of their task:
 
-    procedural          the generator's clean solutions (``datamodule.procedural_split``, unchanged)
+    procedural          the generator's clean solutions (``examples.procedural_split``, unchanged)
     procedural_teacher  generator problems solved by ``data.teacher`` (procedural / hf / openai)
     gsm8k_teacher       problems of ``data.train_file`` (GSM8K format) solved or rewritten by the teacher
     math_teacher        the same for a MATH-format file
     gsm8k, math         the real data of ``data.train_file`` (a seeded permutation, first ``size``)
-    self                the SFT model's own samples: a hook, built by ``eightfold.data.self_generated``
+    self                the SFT model's own samples: not a data source: objective=rft_self (``eightfold.objectives.pi_sft``)
 
 How size n is a prefix of size 2n. The cache key of a teacher stream leaves the size out: the
 entry ``teacher/<hash>.jsonl`` holds one record per seed problem, in stream order, and grows on
@@ -39,6 +39,7 @@ from typing import Any
 from eightfold import __version__
 from eightfold.data import cache
 from eightfold.data.arithmetic import Problem, first_wrong_step
+from eightfold.data.examples import Example, procedural_split
 from eightfold.data.seeds import (
     Seed,
     load_seed_file,
@@ -51,12 +52,12 @@ from eightfold.data.teachers import (
     Task,
     Teacher,
     check_config,
-    fingerprint_path,
     make_teacher,
     public_config,
     render,
     stable_int,
 )
+from eightfold.runfiles import fingerprint_path
 from eightfold.verify import (
     MAX_COMPLETION_CHARS,
     extract_answer,
@@ -350,8 +351,6 @@ def build_split(
     **options: Any,
 ) -> tuple[list, list, dict]:
     """(train examples, test examples, info) for every non-procedural source."""
-    from eightfold.data.datamodule import Example, procedural_split
-
     expected = {**TEACHER_SOURCES, **REAL_SOURCES}.get(source)
     if expected is None:
         raise ValueError(
@@ -368,10 +367,7 @@ def build_split(
         exclude = {e.prompt for e in test}
         exclude_key = {"test_size": test_size, "test_seed": test_seed}
     else:
-        test = [
-            _example(Example, s, s.solution, s.answer)
-            for s in _test_seeds(test_file, kind, test_size)
-        ]
+        test = [_example(s, s.solution, s.answer) for s in _test_seeds(test_file, kind, test_size)]
         exclude = {e.meta["question"] for e in test}
         exclude_key = {
             "test_file_sha256": fingerprint_path(Path(test_file)),
@@ -388,8 +384,7 @@ def build_split(
                 f"data.size={size} is larger than data.train_file={train_file!r} ({len(pool)} problems)"
             )
         train = [
-            _example(Example, s, s.solution, s.answer)
-            for s in permuted(pool, seed, salt="round0")[:size]
+            _example(s, s.solution, s.answer) for s in permuted(pool, seed, salt="round0")[:size]
         ]
         return train, test, {"source": source, "train_file": train_file, "examples": len(train)}
 
@@ -414,7 +409,7 @@ def build_split(
     train = []
     for r in records:
         s = Seed(str(r["index"]), r["question"], None, r["answer"], kind, problems.get(r["index"]))
-        ex = _example(Example, s, r["solution"], r["answer"])
+        ex = _example(s, r["solution"], r["answer"])
         ex.meta.update(
             {k: r[k] for k in ("index", "sample", "verdict", "first_wrong_step") if k in r}
         )
@@ -422,8 +417,8 @@ def build_split(
     return train, test, info
 
 
-def _example(example_cls, seed: Seed, solution: str, answer: str):
-    return example_cls(
+def _example(seed: Seed, solution: str, answer: str) -> Example:
+    return Example(
         student_prompt(seed),
         solution,
         str(answer),

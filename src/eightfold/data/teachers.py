@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from eightfold.data.arithmetic import STEP_RE, Problem, apply
+from eightfold.runfiles import fingerprint_path
 from eightfold.verify import join_steps, split_steps
 
 log = logging.getLogger("eightfold.teachers")
@@ -247,30 +248,6 @@ def extra_step(problem: Problem, solution: str, rng: random.Random) -> tuple[str
 # hf
 
 
-def fingerprint_path(path: Path) -> str:
-    """sha256 over a file or a directory's files (relative names + contents): a checkpoint hash."""
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for p in files:
-        h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode() + b"\0")
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def fingerprint_model(model) -> str:
-    """sha256 of a model's state dict (for a model built in memory, e.g. in tests/benchmarks)."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # bytes, any dtype
-        h.update(name.encode() + b"\0" + raw.numpy().tobytes())
-    return h.hexdigest()
-
-
 class HFTeacher:
     """Batched sampling from a local causal LM: ``samples`` completions per prompt.
 
@@ -336,15 +313,10 @@ class HFTeacher:
         attn = cfg.pop("attn_implementation", None)
 
         def load() -> tuple[Any, Any]:
-            import torch
-
-            from eightfold.models import hf_causal_lm
+            from eightfold.models import hf_causal_lm, run_device
 
             model, tokenizer = hf_causal_lm(str(path), dtype=dtype, attn_implementation=attn)
-            target = (
-                ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-            )
-            return model.to(target), tokenizer
+            return model.to(run_device(device)), tokenizer
 
         # The checkpoint hash names the teacher: retrained weights at the same path are a new teacher.
         return cls(

@@ -4,7 +4,7 @@ The paper (Thm 6.1) shows per-step DPO on first-pit pairs has the optimum of per
 advantage-weighted RL, pi*(a|s) ∝ pi_sft(a|s) exp(A(s,a)/beta). This objective fits that form
 directly (AWR, Peng et al. 2019): maximise sum_steps w * log pi(step | state) with
 w = min(exp(A/beta), max_weight), on exactly the data per-step DPO uses, so a sweep compares the
-two head to head (same negatives, same rollouts from ``SftSource.rollouts``, same pits, same
+two head to head (same negatives, same rollouts from ``PiSft.rollouts``, same pits, same
 chosen continuation):
 
 * the negative's steps up to and including its pit, step i weighted by exp(A_i/beta) with
@@ -20,18 +20,15 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 from dataclasses import dataclass
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
+from eightfold.data.datamodule import collate_sft
 from eightfold.generation import encode_prompt
-from eightfold.objectives.base import PolicyModule, model_token_logps
-from eightfold.objectives.dpo import StepBudgetMixin
+from eightfold.objectives.base import PolicyModule, TrainData, model_token_logps
 from eightfold.objectives.losses import awr_weights, weighted_nll
-from eightfold.objectives.step_dpo import pit_analysis, step_pairs
+from eightfold.objectives.step_values import pit_analysis, step_pairs
 
 log = logging.getLogger("eightfold")
 
@@ -44,18 +41,14 @@ class WeightedItem:
 
 
 def collate_weighted(items: list[WeightedItem], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(it.prompt) + len(it.response) for it in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    weights = torch.zeros((len(items), width), dtype=torch.float32)
+    """SFT's batch layout (``collate_sft``) plus a per-token weight aligned with the labels."""
+    batch = collate_sft([(it.prompt, it.response) for it in items], pad_id)
+    weights = torch.zeros(batch["labels"].shape, dtype=torch.float32)
     for i, it in enumerate(items):
-        p, n = len(it.prompt), len(it.prompt) + len(it.response)
-        ids[i, :n] = torch.tensor(it.prompt + it.response)
-        labels[i, p:n] = torch.tensor(it.response)
-        weights[i, p:n] = torch.tensor(it.weights)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
+        p = len(it.prompt)
+        weights[i, p : p + len(it.response)] = torch.tensor(it.weights)
+    batch["weights"] = weights
+    return batch
 
 
 def awr_items(
@@ -98,8 +91,9 @@ def awr_items(
     return items, stats
 
 
-class AWRModule(StepBudgetMixin, PolicyModule):
+class AWRModule(PolicyModule):
     name = "awr"
+    needs_pi_sft = True
 
     def __init__(
         self,
@@ -119,59 +113,46 @@ class AWRModule(StepBudgetMixin, PolicyModule):
         super().__init__(model, tokenizer, lr, weight_decay, betas, warmup_steps, min_lr_ratio)
         self.beta, self.max_weight = float(beta), float(max_weight)
         self.batch_size, self.epochs, self.max_steps = int(batch_size), float(epochs), max_steps
-        self.items: list[WeightedItem] = []
-        self.run_stats: dict = {}
-        self.seed = 0
+        self.train_steps: int | None = None
+        self._fields: dict = {}
 
-    def prepare_data_for_run(self, cfg, datamodule, directory) -> None:
-        from eightfold.data.self_generated import SftSource, sample_stats
-
-        t0 = time.perf_counter()
-        self.seed = int(cfg.seed)
-        source = SftSource(cfg, datamodule)
-        self.model.load_state_dict(source.model.state_dict())
-        o = source.obj
-        samples = source.samples()
-        negs, rstats = source.rollouts()
+    def prepare(self, cfg, data, pi_sft) -> TrainData:
+        o = cfg.objective
+        seed = int(cfg.seed)
+        # 1. the policy starts as pi_sft; the rollouts, pits and chosen sides are step_dpo's
+        self.model.load_state_dict(pi_sft.model.state_dict())
+        samples = pi_sft.samples()
+        negs, rstats = pi_sft.rollouts()
         rows, pstats = pit_analysis(
             negs, samples.examples, o.pit_rule, float(o.pit_threshold), o.value, int(o.best_of_k)
         )
-        pairs, pair_stats = step_pairs(rows, samples.examples, "pit", self.seed)
-        source.release()
-        self.items, astats = awr_items(self.tokenizer, rows, pairs, self.beta, self.max_weight)
-        steps_per_epoch = math.ceil(len(self.items) / self.batch_size)
-        self.total_steps = (
+        pairs, pair_stats = step_pairs(rows, samples.examples, "pit", seed)
+        pi_sft.release()
+        # 2. two weighted sequences per pair, then the budget: epochs, or a fixed number of steps
+        items, astats = awr_items(self.tokenizer, rows, pairs, self.beta, self.max_weight)
+        steps_per_epoch = math.ceil(len(items) / self.batch_size)
+        self.train_steps = (
             self.max_steps
             if self.max_steps is not None
             else math.ceil(self.epochs * steps_per_epoch)
         )
-        datamodule.train_dataloader = self.weighted_dataloader
-        self.run_stats = {
-            **sample_stats(samples),
-            "sampling_time_s": samples.time_s,
-            "samples_cached": samples.time_s is None,
+        self._fields = {
             **rstats,
             **pstats,
             **pair_stats,
             "pairs": len(pairs),
             **astats,
-            "objective_steps": self.total_steps,
+            "objective_steps": self.train_steps,
             "epochs": self.epochs,
-            "sft_run": source.dir.parent.name,
-            "prepare_time_s": round(time.perf_counter() - t0, 3),
+            **pi_sft.stats(),
         }
-        if not self.items:
+        if not items:
             log.warning("awr: no weighted steps could be built; the policy stays pi_sft")
-        L.seed_everything(self.seed, workers=True, verbose=False)
+        collate = functools.partial(collate_weighted, pad_id=self.tokenizer.pad_token_id)
+        return TrainData(items, self.batch_size, seed, collate)
 
-    def weighted_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.items,
-            batch_size=self.batch_size,
-            shuffle=len(self.items) > 0,
-            generator=torch.Generator().manual_seed(self.seed),
-            collate_fn=functools.partial(collate_weighted, pad_id=self.tokenizer.pad_token_id),
-        )
+    def result_fields(self) -> dict:
+        return dict(self._fields)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         tok, mask = model_token_logps(self.model, batch, self.logits_chunk_size)

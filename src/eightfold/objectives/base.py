@@ -1,13 +1,16 @@
-"""What every objective shares: the policy, AdamW with warm-up + cosine, token log-probs."""
+"""What every objective shares: the policy, AdamW with warm-up + cosine, token log-probs, and
+the datamodule an objective returns for the data it built (``TrainData``)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sized
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -156,3 +159,25 @@ class PolicyModule(L.LightningModule):
             opt, lambda s: warmup_cosine(s, self.warmup_steps, int(total), self.min_lr_ratio)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class TrainData(L.LightningDataModule):
+    """The training set an objective built, served as Lightning asks for it: one loader,
+    shuffled by its own seeded generator (the same order on every run of the same config)."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, collate_fn: Callable):
+        super().__init__()
+        self.dataset, self.batch_size, self.seed = dataset, int(batch_size), int(seed)
+        self.collate_fn = collate_fn
+
+    def __len__(self) -> int:
+        return len(self.dataset) if isinstance(self.dataset, Sized) else 0
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=len(self) > 0,  # no data: an empty loader, Lightning trains 0 steps
+            generator=torch.Generator().manual_seed(self.seed),
+            collate_fn=self.collate_fn,
+        )

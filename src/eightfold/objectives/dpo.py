@@ -1,19 +1,16 @@
 """objective=dpo: standard DPO against the frozen SFT model (paper §3.3, the control).
 
-Data (``prepare_data_for_run``, before the trainer exists): pi_sft's self-generated samples
-(``SftSource.samples``, shared with rft / step_dpo), the negatives selected by
+Data (``prepare``, before the trainer exists): pi_sft's self-generated samples
+(``PiSft.samples``, shared with rft / step_dpo), the negatives selected by
 ``select_negatives``, each paired with a correct sample of the same problem (``plain_dpo_pairs``).
 The policy starts from pi_sft's weights; pi_sft's reference log-probs are computed once and cached
-(``pairs.cached_reference_logps``); the frozen model is then dropped, training never calls it.
+(``preference.cached_reference_logps``); the frozen model is then dropped, training never calls it.
+``prepare`` returns the pairs as a ``TrainData`` datamodule.
 
-Training budget: ``epochs`` passes over the pairs (default 2; cpu-testbed.md measured DPO
-collapse at ~26 epochs on a few hundred pairs). The module sets the trainer's step limit to
-``epochs * ceil(pairs / batch_size)`` at fit start; ``trainer.max_steps`` in the config keeps the
-SFT budget, so the SFT run this one starts from resolves to the same directory.
-
-Data plumbing: the datamodule's ``train_dataloader`` is pointed at this module's
-``preference_dataloader`` (Lightning asks the datamodule when one is passed to ``fit``), and
-the module owns the whole data path from there.
+Training budget: ``epochs`` passes over the pairs (default 2; docs/results.md: DPO collapsed at
+~26 epochs on a few hundred pairs), or ``max_steps``: ``train_steps`` tells train.py the step
+limit; ``trainer.max_steps`` in the config keeps the SFT budget, so the SFT run this one starts
+from resolves to the same directory.
 """
 
 from __future__ import annotations
@@ -21,15 +18,12 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
-from eightfold.objectives.base import PolicyModule, model_token_logps, sequence_sums
+from eightfold.objectives.base import PolicyModule, TrainData, model_token_logps, sequence_sums
 from eightfold.objectives.losses import LOSS_TYPES, dpo_losses, nll_term
-from eightfold.objectives.pairs import (
+from eightfold.objectives.preference import (
     PreferenceDataset,
     PreferencePair,
     cached_reference_logps,
@@ -57,18 +51,9 @@ def falls_steadily(
     return downs >= fraction * (len(smooth) - 1)
 
 
-class StepBudgetMixin:
-    """Sets the trainer's step limit from the objective's own budget when fit starts."""
-
-    total_steps: int | None = None
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.total_steps is not None:
-            self.trainer.fit_loop.epoch_loop.max_steps = int(self.total_steps)
-
-
-class DPOModule(StepBudgetMixin, PolicyModule):
+class DPOModule(PolicyModule):
     name = "dpo"
+    needs_pi_sft = True
 
     def __init__(
         self,
@@ -106,81 +91,62 @@ class DPOModule(StepBudgetMixin, PolicyModule):
         )
         self.max_steps, self.ref_batch_size = max_steps, int(ref_batch_size)
         self.collapse_threshold = float(collapse_threshold)
-        self.train_set: PreferenceDataset | None = None
-        self.run_stats: dict = {}
-        self.seed = 0
+        self.train_steps: int | None = None
+        self._fields: dict = {}
         self._chosen_logratios: list[float] = []
         self._last: dict[str, float] = {}
         self._warned = False
 
     # -- data ---------------------------------------------------------------
-    def build_pairs(self, source) -> tuple[list[PreferencePair], dict]:
+    def build_pairs(self, cfg, pi_sft) -> tuple[list[PreferencePair], dict]:
         """Standard DPO pairs: (correct self-sample, incorrect self-sample) of the same problem."""
-        negatives = source.negatives()
-        pairs, stats = plain_dpo_pairs(source.samples(), negatives, int(source.cfg.seed))
+        negatives = pi_sft.negatives()
+        pairs, stats = plain_dpo_pairs(pi_sft.samples(), negatives, int(cfg.seed))
         return pairs, {"negatives_used": len(negatives), **stats}
 
-    def prepare_data_for_run(self, cfg, datamodule, directory) -> None:
-        from eightfold.data.self_generated import SftSource, sample_stats
-
-        t0 = time.perf_counter()
-        self.seed = int(cfg.seed)
-        source = SftSource(cfg, datamodule)
-        self.model.load_state_dict(
-            source.model.state_dict()
-        )  # policy := pi_sft (same object train.py evaluates)
-        samples = source.samples()
-        pairs, stats = self.build_pairs(source)
+    def prepare(self, cfg, data, pi_sft) -> TrainData:
+        # 1. the policy starts as pi_sft (the same object train.py evaluates afterwards)
+        self.model.load_state_dict(pi_sft.model.state_dict())
+        # 2. pairs from pi_sft's samples (step_dpo: from its rollouts), tokenised once
+        pairs, stats = self.build_pairs(cfg, pi_sft)
         items = [tokenize_pair(self.tokenizer, p) for p in pairs]
+        # 3. reference log-probs under frozen pi_sft, cached; then pi_sft is not needed again
         ref, ref_stats = cached_reference_logps(
-            source.model,
+            pi_sft.model,
             items,
             self.tokenizer.pad_token_id,
-            source.cache,
-            source.fingerprint,
+            pi_sft.cache,
+            pi_sft.fingerprint,
             self.ref_batch_size,
             chunk_size=self.logits_chunk_size,
         )
-        source.release()  # the frozen reference is not needed again: log-probs are in the dataset
-        self.train_set = PreferenceDataset(items, ref)
+        pi_sft.release()
+        # 4. the budget: epochs over the pairs, or a fixed number of steps
         steps_per_epoch = math.ceil(len(items) / self.batch_size)
-        self.total_steps = (
+        self.train_steps = (
             self.max_steps
             if self.max_steps is not None
             else math.ceil(self.epochs * steps_per_epoch)
         )
-        datamodule.train_dataloader = self.preference_dataloader
         if not items:
             log.warning(
                 "%s: no preference pairs could be built; the policy stays pi_sft", self.name
             )
-        self.run_stats = {
-            **sample_stats(samples),
-            "sampling_time_s": samples.time_s,
-            "samples_cached": samples.time_s is None,
+        self._fields = {
             **stats,
             "pairs": len(items),
-            "objective_steps": self.total_steps,
+            "objective_steps": self.train_steps,
             "epochs": self.epochs,
             **ref_stats,
-            "sft_run": source.dir.parent.name,
-            "prepare_time_s": round(time.perf_counter() - t0, 3),
+            **pi_sft.stats(),
         }
-        L.seed_everything(
-            self.seed, workers=True, verbose=False
-        )  # same RNG whether SFT ran in-process or not
-
-    def preference_dataloader(self) -> DataLoader:
-        assert self.train_set is not None, "prepare_data_for_run builds the pairs first"
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            shuffle=len(self.train_set) > 0,  # no pairs: an empty loader, Lightning trains 0 steps
-            generator=torch.Generator().manual_seed(self.seed),
-            collate_fn=functools.partial(
-                collate_preference, pad_id=self.tokenizer.pad_token_id, pack_length=self.pack_length
-            ),
+        collate = functools.partial(
+            collate_preference, pad_id=self.tokenizer.pad_token_id, pack_length=self.pack_length
         )
+        return TrainData(PreferenceDataset(items, ref), self.batch_size, int(cfg.seed), collate)
+
+    def result_fields(self) -> dict:
+        return dict(self._fields)
 
     # -- training ------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -235,7 +201,7 @@ class DPOModule(StepBudgetMixin, PolicyModule):
 
     def on_train_end(self) -> None:
         lr = self._chosen_logratios
-        self.run_stats.update(
+        self._fields.update(
             {
                 "final_reward_margin": self._last.get("reward_margin"),
                 "final_reward_accuracy": self._last.get("reward_accuracy"),

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm")
+from eightfold.config import LOSS_TYPES
+
 # Loss types whose logratios are per-token means when token counts are passed.
 LENGTH_NORMALISED = ("ipo", "sigmoid_norm")
 

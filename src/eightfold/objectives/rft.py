@@ -1,6 +1,6 @@
 """objective=rft: rejection fine-tuning on pi_sft's own verified-correct samples (paper §3.2).
 
-Data: k samples per training problem from pi_sft (``SftSource.samples``, shared with dpo /
+Data: k samples per training problem from pi_sft (``PiSft.samples``, shared with dpo /
 step_dpo), kept if ``verify.is_correct`` (``filter: strict`` additionally requires every step
 right, procedural only, not paper-faithful), de-duplicated per problem on their steps, at most
 ``max_per_problem`` per problem. ``positives`` picks the training set:
@@ -12,26 +12,19 @@ right, procedural only, not paper-faithful), de-duplicated per problem on their 
 ``init``: ``sft`` (default) continues from pi_sft for ``steps`` optimizer steps at the
 continuation lr (cpu-testbed-2's matched-control design); ``base`` retrains from the model as
 built by ``cfg.model`` (the paper's [M] recipe) for ``trainer.max_steps`` at ``base_lr``.
-The samples go through the datamodule's own SFT path (``datamodule.train_pairs`` is replaced),
-so batching, shuffling and the loss are exactly SFT's.
+The samples go through the datamodule's own SFT path (``data.with_train_pairs``), so batching,
+shuffling and the loss are exactly SFT's.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
-import lightning as L
-
-from eightfold.objectives.dpo import StepBudgetMixin
+from eightfold.config import FILTERS, INITS, POSITIVES
 from eightfold.objectives.sft import SFTModule
 from eightfold.verify import split_steps
 
 log = logging.getLogger("eightfold")
-
-INITS = ("sft", "base")
-POSITIVES = ("teacher+self", "self", "teacher")
-FILTERS = ("answer", "strict")
 
 
 def rft_positives(
@@ -73,8 +66,9 @@ def rft_positives(
     return kept, stats
 
 
-class RFTModule(StepBudgetMixin, SFTModule):
+class RFTModule(SFTModule):
     name = "rft"
+    needs_pi_sft = True
 
     def __init__(
         self,
@@ -90,12 +84,10 @@ class RFTModule(StepBudgetMixin, SFTModule):
     ):
         super().__init__(model, tokenizer, lr, weight_decay, betas, warmup_steps, min_lr_ratio)
         self.base_lr, self.base_warmup_steps = base_lr, base_warmup_steps
-        self.run_stats: dict = {}
+        self.train_steps: int | None = None
+        self._fields: dict = {}
 
-    def prepare_data_for_run(self, cfg, datamodule, directory) -> None:
-        from eightfold.data.self_generated import SftSource, sample_stats
-
-        t0 = time.perf_counter()
+    def prepare(self, cfg, data, pi_sft):
         o = cfg.objective
         if o.init not in INITS:
             raise ValueError(
@@ -105,21 +97,22 @@ class RFTModule(StepBudgetMixin, SFTModule):
             raise ValueError(
                 f"objective.positives={o.positives!r} is not valid: expected one of {', '.join(POSITIVES)}"
             )
-        source = SftSource(cfg, datamodule)
+        # 1. the starting point: pi_sft for `steps` at the continuation lr, or the base model
+        #    retrained with the SFT recipe's lr schedule and budget
         if o.init == "sft":
-            self.model.load_state_dict(source.model.state_dict())
-            self.total_steps = int(o.steps)
-        else:  # retrain from the base model with the SFT recipe's lr schedule and budget
+            self.model.load_state_dict(pi_sft.model.state_dict())
+            self.train_steps = int(o.steps)
+        else:
             self.lr, self.warmup_steps = self.base_lr, self.base_warmup_steps
-            self.total_steps = None
-        samples = source.samples()
-        source.release()
+            self.train_steps = None
+        # 2. pi_sft's verified-correct samples, unique per problem, capped
+        samples = pi_sft.samples()
+        pi_sft.release()
         kept, kstats = rft_positives(samples, o.get("max_per_problem"), o.get("filter", "answer"))
+        # 3. the training set: teacher solutions and/or the samples that differ from them
         examples = samples.examples
-        teacher = [(e.prompt, e.solution) for e in datamodule.train_examples]
-        teacher_steps = {
-            (e.prompt, tuple(split_steps(e.solution))) for e in datamodule.train_examples
-        }
+        teacher = [(e.prompt, e.solution) for e in data.train_examples]
+        teacher_steps = {(e.prompt, tuple(split_steps(e.solution))) for e in data.train_examples}
         own = [
             (examples[p].prompt, s)
             for p in sorted(kept)
@@ -132,18 +125,16 @@ class RFTModule(StepBudgetMixin, SFTModule):
             raise RuntimeError(
                 "rft: no training pairs (no correct self-generated sample and positives=self)"
             )
-        datamodule.train_pairs = lambda: pairs
-        self.run_stats = {
-            **sample_stats(samples),
-            "sampling_time_s": samples.time_s,
-            "samples_cached": samples.time_s is None,
+        self._fields = {
             **kstats,
             "rft_self_added": len(own) if o.positives != "teacher" else 0,
             "rft_train_pairs": len(pairs),
             "init": o.init,
             "positives_used": o.positives,
-            "objective_steps": self.total_steps,
-            "sft_run": source.dir.parent.name,
-            "prepare_time_s": round(time.perf_counter() - t0, 3),
+            "objective_steps": self.train_steps,
+            **pi_sft.stats(),
         }
-        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        return data.with_train_pairs(pairs)
+
+    def result_fields(self) -> dict:
+        return dict(self._fields)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,9 +24,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from eightfold.data.cache import load_or_build
 from eightfold.data.datamodule import collate_sft
 from eightfold.generation import encode_prompt
 from eightfold.objectives.base import sequence_logps
+from eightfold.verify import split_steps
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +143,6 @@ def cached_reference_logps(
     chunk_size: int | None = None,
 ) -> tuple[list[tuple[float, float]], dict]:
     """``reference_logps`` through the dataset cache: computed at most once per (pi_sft, pairs)."""
-    from eightfold.data.cache import load_or_build
-
     key = {"model": model_key, "pairs": pairs_digest(items), "n": len(items)}
     built: dict = {}
 
@@ -168,10 +169,6 @@ def plain_dpo_pairs(
     """Standard DPO (paper §3.3): chosen = a correct self-sample of the same problem, rejected =
     the whole negative; problems without a correct sample give no pair (no teacher fallback: it
     would add teacher positives through the back door, cpu-testbed.md)."""
-    import random
-
-    from eightfold.verify import split_steps
-
     rng = random.Random(f"dpo-pairs-{seed}")
     positives: dict[int, list[str]] = {}
     for p, recs in samples.by_problem.items():

@@ -1,27 +1,19 @@
-"""Monte Carlo step values, the first pit, and the rollout engine that computes them cheaply.
+"""The rollout engine: M sampled continuations per step prefix of a negative, cheaply.
 
-Definitions (README "Objectives", "Definitions (per-step DPO)"; paper.md §3.4; objectives.md §2.4):
+What it computes (the estimators and the first pit are in
+:mod:`eightfold.objectives.step_values`, which reads these counts):
 
 * A negative y = (y_1 .. y_L) is split with ``verify.split_steps`` (the answer line is step L).
   Prefix i = the prompt followed by the first i steps, i = 0..L. Prefix L is the whole (wrong)
   solution: its value is its reward, 0, without any rollout.
-* q_i = fraction of M rollouts from prefix i (sampled from pi_sft at ``temperature``/``top_p``)
-  whose full solution is correct (``verify.is_correct``). The step value V_i is an estimator of
-  the value of prefix i under BoK(pi_sft): ``bok`` 1-(1-q_i)^K (PAV's identity), ``bok_any`` the
-  fraction of the M/K disjoint groups of K rollouts with at least one correct one (the paper's
-  "any of K" estimator when M = K), or ``mean`` q_i (the pi_sft value itself).
-* Step advantage A_i = V_i - V_{i-1} for step i = 1..L (0-based step index i-1).
-* First pit (0-based step index), rule ``first_zero`` (default; cpu-testbed-2, Self-Explore
-  arXiv 2404.10346): the step after which the value collapses, i.e. the first i >= 1 with
-  V_{i-1} > 0 and V_i = 0; step i-1 is the pit. Needs V_0 > 0 (a problem the policy can solve
-  at all). Alternatives: ``argmin_advantage`` (first step with the lowest A, paper §4 "the first
-  step with the lowest Q"), ``first_drop`` (first step with A <= -threshold).
+* For each scored prefix: how many of M rollouts (sampled from pi_sft at ``temperature`` /
+  ``top_p``) end in a correct solution (``verify.is_correct``), the per-rollout flags, and up to
+  ``keep_correct`` unique correct continuations (the chosen candidates of per-step DPO).
 
 Cost and how it is cut:
 
 * early stop: prefixes of a negative are scored left to right and scoring stops at the first
   dead prefix (0 of M correct): later prefixes are taken as dead too (V = 0), none is rolled out.
-  Every pit rule above is computed on these values.
 * identical prefixes (the bare prompt shared by all negatives of a problem, common first steps)
   are rolled out once.
 * prefix reuse: the M rollouts of one prefix share it: one forward pass over the prefix fills
@@ -46,84 +38,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from eightfold.generation import encode_prompt
+from eightfold.generation import encode_prompt, left_pad
 from eightfold.verify import is_correct, join_steps, split_steps
 
 log = logging.getLogger(__name__)
-
-VALUE_ESTIMATORS = ("bok", "bok_any", "mean")
-PIT_RULES = ("first_zero", "argmin_advantage", "first_drop")
-
-
-# -----------------------------------------------------------------------------
-# values, advantages, first pit: pure functions on numbers
-
-
-def step_value(
-    n_correct: int,
-    m: int,
-    estimator: str = "bok",
-    k: int = 5,
-    correct_flags: Sequence[bool] | None = None,
-) -> float:
-    """The value estimate of one prefix from ``n_correct`` successes out of ``m`` rollouts."""
-    if estimator not in VALUE_ESTIMATORS:
-        raise ValueError(
-            f"value estimator {estimator!r} is not valid: expected one of {', '.join(VALUE_ESTIMATORS)}"
-        )
-    if m <= 0:
-        raise ValueError("a value needs at least one rollout")
-    q = n_correct / m
-    if estimator == "mean":
-        return q
-    if estimator == "bok":
-        return 1.0 - (1.0 - q) ** k
-    # bok_any: disjoint groups of k rollouts, success if any in the group is correct
-    if correct_flags is None:
-        raise ValueError("value estimator 'bok_any' needs the per-rollout correctness flags")
-    groups = len(correct_flags) // k
-    if groups == 0:
-        raise ValueError(
-            f"value estimator 'bok_any' needs rollouts >= best_of_k ({len(correct_flags)} < {k})"
-        )
-    return sum(any(correct_flags[g * k : (g + 1) * k]) for g in range(groups)) / groups
-
-
-def advantages(values: Sequence[float]) -> list[float]:
-    """A_i = V_i - V_{i-1}: one per step (len(values) - 1 of them)."""
-    return [values[i] - values[i - 1] for i in range(1, len(values))]
-
-
-def first_pit(
-    values: Sequence[float], rule: str = "first_zero", threshold: float = 0.0
-) -> int | None:
-    """0-based index of the pit step given prefix values V_0..V_L; None when there is no pit.
-
-    ``first_zero``: first i >= 1 with V_{i-1} > 0 and V_i == 0, pit = i - 1 (None if V_0 == 0).
-    ``argmin_advantage``: the first step with the lowest advantage, if that advantage < -threshold.
-    ``first_drop``: the first step whose advantage is <= -threshold (threshold > 0).
-    """
-    if rule not in PIT_RULES:
-        raise ValueError(f"pit rule {rule!r} is not valid: expected one of {', '.join(PIT_RULES)}")
-    if len(values) < 2:
-        return None
-    if rule == "first_zero":
-        if values[0] <= 0:
-            return None
-        for i in range(1, len(values)):
-            if values[i] <= 0:
-                return i - 1 if values[i - 1] > 0 else None
-        return None
-    adv = advantages(values)
-    if rule == "argmin_advantage":
-        low = min(adv)
-        return adv.index(low) if low < -threshold else None
-    if threshold <= 0:
-        raise ValueError("pit rule 'first_drop' needs a positive pit_threshold, e.g. 0.5")
-    for i, a in enumerate(adv):
-        if a <= -threshold:
-            return i
-    return None
 
 
 # -----------------------------------------------------------------------------
@@ -160,18 +78,6 @@ def _choose(
     cdf = probs.cumsum(-1)
     target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
     return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
-
-
-def _left_pad(
-    seqs: Sequence[Sequence[int]], pad_id: int, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, width - len(s) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()
@@ -260,9 +166,11 @@ def _decode_chunk(
     noise = _uniforms([rollout_seed(s, j) for s in seeds for j in range(m)], steps).to(device)
 
     if share_prefix:
-        ids, mask = _left_pad(prefixes, pad_id, device)
+        ids, mask = (t.to(device) for t in left_pad(prefixes, pad_id))
     else:
-        ids, mask = _left_pad([p for p in prefixes for _ in range(m)], pad_id, device)
+        ids, mask = (
+            t.to(device) for t in left_pad([p for p in prefixes for _ in range(m)], pad_id)
+        )
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache_arg = _cache_kwarg(model)
     outputs = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
@@ -323,12 +231,6 @@ class NegativeValues:
         default_factory=list
     )  # unique correct continuations per scored prefix
     m: int = 0
-
-    def values(self, estimator: str = "bok", k: int = 5) -> list[float]:
-        """V_0..V_L: scored prefixes by ``step_value``, unscored ones (after a dead prefix) and
-        the terminal prefix L (the wrong solution itself) are 0."""
-        vals = [step_value(c, self.m, estimator, k, f) for c, f in zip(self.counts, self.flags)]
-        return vals + [0.0] * (len(self.steps) + 1 - len(vals))
 
     def to_record(self) -> dict:
         return {

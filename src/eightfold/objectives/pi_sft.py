@@ -1,9 +1,10 @@
-"""Self-generated data from pi_sft: k samples per problem, verified, de-duplicated, with provenance.
+"""pi_sft: the trained SFT model of a run's (data, model, seed), with its samples and rollouts.
 
-``SftSource(cfg, datamodule)`` is what RFT, DPO, per-step DPO and AWR start from:
+``PiSft(cfg, data, model_dir)`` is what RFT, DPO, per-step DPO and AWR start from. ``train.py``
+trains (or finds) the SFT run first (``ensure_sft_model``) and hands this object to the
+objective's ``prepare`` (the ``Objective`` contract in ``objectives/__init__.py``):
 
-* ``.dir`` / ``.model`` / ``.tokenizer``: the trained SFT run of the same data, model and seed
-  (``eightfold.train.ensure_sft_model`` trains it first if needed);
+* ``.dir`` / ``.model`` / ``.tokenizer``: the SFT run's saved model, loaded frozen;
 * ``.samples()``: k samples per prompt at (temperature, top_p), each verified with
   ``verify.is_correct`` and, on the procedural source, checked step by step
   (``first_wrong_step``); built once and cached under ``<paths.root>/cache/samples/`` by
@@ -30,50 +31,27 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from eightfold.config import SAMPLE_PROMPTS
 from eightfold.data.arithmetic import first_wrong_step, generate_problems
-from eightfold.data.datamodule import Example
+from eightfold.data.cache import load_or_build
+from eightfold.data.examples import Example
+from eightfold.generation import generate
+from eightfold.models import hf_causal_lm, run_device
+from eightfold.rollouts import NegativeValues, rollout_negatives
+from eightfold.runfiles import weights_fingerprint
 from eightfold.verify import is_correct, split_steps
 
 log = logging.getLogger(__name__)
 
-# Above this many bytes of weights, the fingerprint is (name, size, mtime) instead of a sha256.
-HASH_WEIGHTS_MAX_BYTES = 2 * 1024**3
-PROMPT_SETS = ("train", "pool")
-
-
-def weights_fingerprint(model_dir: Path) -> str:
-    """sha256 over the weight files of a ``save_pretrained`` folder (cheap proxy for huge models)."""
-    files = sorted(
-        p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".pt")
-    )
-    if not files:
-        raise FileNotFoundError(f"no weight files in {model_dir}")
-    h = hashlib.sha256()
-    if sum(p.stat().st_size for p in files) <= HASH_WEIGHTS_MAX_BYTES:
-        for p in files:
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
-        return h.hexdigest()
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return "stat-" + h.hexdigest()
+PROMPT_SETS = SAMPLE_PROMPTS
 
 
 def load_pretrained(model_dir: Path):
     """(model, tokenizer) from a ``save_pretrained`` folder, in eval mode, gradients off."""
-    from eightfold.models import hf_causal_lm
-
     model, tokenizer = hf_causal_lm(str(model_dir), attn_implementation=None)
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
-
-
-def run_device(cfg: DictConfig) -> torch.device:
-    """Where sampling and rollouts run: the run's accelerator if it is a GPU that exists."""
-    gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    return torch.device("cuda" if gpu else "cpu")
 
 
 def cache_root(cfg: DictConfig) -> Path:
@@ -149,8 +127,6 @@ def draw_samples(
     batch_size: int,
 ) -> list[dict]:
     """k samples per example through ``generation.generate`` (the one decoding path), verified."""
-    from eightfold.generation import generate
-
     outs = generate(
         model,
         tokenizer,
@@ -244,16 +220,18 @@ def select_negatives(
     return sorted(chosen, key=lambda x: x[0])
 
 
-class SftSource:
-    """pi_sft of this run's (data, model, seed), its samples and rollouts, all cached on disk."""
+class PiSft:
+    """pi_sft of this run's (data, model, seed), its samples and rollouts, all cached on disk.
 
-    def __init__(self, cfg: DictConfig, datamodule):
-        from eightfold.train import ensure_sft_model
+    ``model_dir`` is the SFT run's ``model/`` folder (``train.ensure_sft_model``); ``cfg`` is the
+    objective's run config: its ``objective`` block gives the sampling and rollout knobs.
+    """
 
-        self.cfg, self.datamodule = cfg, datamodule
+    def __init__(self, cfg: DictConfig, data, model_dir: Path):
+        self.cfg, self.data = cfg, data
         self.obj = cfg.objective
-        self.dir = Path(ensure_sft_model(cfg))
-        self.device = run_device(cfg)
+        self.dir = Path(model_dir)
+        self.device = run_device(cfg.trainer.get("accelerator"))
         self.model, self.tokenizer = load_pretrained(self.dir)
         self.model.to(self.device)
         self.fingerprint = {
@@ -261,8 +239,9 @@ class SftSource:
             "weights_sha256": weights_fingerprint(self.dir),
         }
         self.cache = cache_root(cfg)
-        self.kind = datamodule.kind
+        self.kind = data.kind
         self._samples: SampleSet | None = None
+        self._t0 = time.perf_counter()
 
     # -- samples -------------------------------------------------------------
     def sample_key(self, examples: list[Example]) -> dict:
@@ -286,9 +265,7 @@ class SftSource:
     def samples(self) -> SampleSet:
         if self._samples is not None:
             return self._samples
-        from eightfold.data.cache import load_or_build
-
-        examples = sampling_examples(self.cfg, self.datamodule)
+        examples = sampling_examples(self.cfg, self.data)
         key = self.sample_key(examples)
         timing: dict = {}
         o = self.obj
@@ -329,9 +306,6 @@ class SftSource:
 
     def rollouts(self):
         """(list[NegativeValues], stats dict) of the selected negatives (cached)."""
-        from eightfold.data.cache import load_or_build
-        from eightfold.objectives.rollouts import NegativeValues, rollout_negatives
-
         samples = self.samples()
         negs = self.negatives()
         o = self.obj
@@ -392,3 +366,15 @@ class SftSource:
         self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def stats(self) -> dict:
+        """What every objective built on pi_sft adds to ``result.json``: the sample counts, where
+        the samples came from, and the time from loading pi_sft to now (its data preparation)."""
+        samples = self.samples()
+        return {
+            **sample_stats(samples),
+            "sampling_time_s": samples.time_s,
+            "samples_cached": samples.time_s is None,
+            "sft_run": self.dir.parent.name,
+            "prepare_time_s": round(time.perf_counter() - self._t0, 3),
+        }

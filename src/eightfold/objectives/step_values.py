@@ -1,0 +1,213 @@
+"""Step values, advantages, the first pit, and the per-step pairs built at it (paper §4).
+
+Definitions (docs/concepts.md; paper §3.4, Algorithm 1):
+
+* q_i = fraction of the M rollouts from prefix i (:mod:`eightfold.rollouts`) that end correct.
+  The step value V_i estimates the value of prefix i under BoK(pi_sft): ``bok`` 1-(1-q_i)^K
+  (PAV's identity), ``bok_any`` the fraction of the M/K disjoint groups of K rollouts with at
+  least one correct one (the paper's "any of K" estimator when M = K), or ``mean`` q_i (the
+  pi_sft value itself). Prefix L (the whole wrong solution) has value 0.
+* Step advantage A_i = V_i - V_{i-1} for step i = 1..L (0-based step index i-1).
+* First pit (0-based step index), rule ``first_zero`` (default; Self-Explore arXiv 2404.10346):
+  the step after which the value collapses, i.e. the first i >= 1 with V_{i-1} > 0 and V_i = 0;
+  step i-1 is the pit. Needs V_0 > 0 (a problem the policy can solve at all). Alternatives:
+  ``argmin_advantage`` (first step with the lowest A, paper §4 "the first step with the lowest
+  Q"), ``first_drop`` (first step with A <= -threshold).
+
+Every rule is computed on early-stopped values (a prefix after the first dead one is 0).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+from eightfold.config import PIT_RULES, REJECTED, VALUES
+from eightfold.data.arithmetic import first_wrong_step
+from eightfold.objectives.preference import PreferencePair
+from eightfold.rollouts import NegativeValues, prefix_text
+from eightfold.verify import join_steps, split_steps
+
+VALUE_ESTIMATORS = VALUES  # the names used in messages below
+REJECTED_MODES = REJECTED
+
+
+def step_value(
+    n_correct: int,
+    m: int,
+    estimator: str = "bok",
+    k: int = 5,
+    correct_flags: Sequence[bool] | None = None,
+) -> float:
+    """The value estimate of one prefix from ``n_correct`` successes out of ``m`` rollouts."""
+    if estimator not in VALUE_ESTIMATORS:
+        raise ValueError(
+            f"value estimator {estimator!r} is not valid: expected one of {', '.join(VALUE_ESTIMATORS)}"
+        )
+    if m <= 0:
+        raise ValueError("a value needs at least one rollout")
+    q = n_correct / m
+    if estimator == "mean":
+        return q
+    if estimator == "bok":
+        return 1.0 - (1.0 - q) ** k
+    # bok_any: disjoint groups of k rollouts, success if any in the group is correct
+    if correct_flags is None:
+        raise ValueError("value estimator 'bok_any' needs the per-rollout correctness flags")
+    groups = len(correct_flags) // k
+    if groups == 0:
+        raise ValueError(
+            f"value estimator 'bok_any' needs rollouts >= best_of_k ({len(correct_flags)} < {k})"
+        )
+    return sum(any(correct_flags[g * k : (g + 1) * k]) for g in range(groups)) / groups
+
+
+def advantages(values: Sequence[float]) -> list[float]:
+    """A_i = V_i - V_{i-1}: one per step (len(values) - 1 of them)."""
+    return [values[i] - values[i - 1] for i in range(1, len(values))]
+
+
+def first_pit(
+    values: Sequence[float], rule: str = "first_zero", threshold: float = 0.0
+) -> int | None:
+    """0-based index of the pit step given prefix values V_0..V_L; None when there is no pit.
+
+    ``first_zero``: first i >= 1 with V_{i-1} > 0 and V_i == 0, pit = i - 1 (None if V_0 == 0).
+    ``argmin_advantage``: the first step with the lowest advantage, if that advantage < -threshold.
+    ``first_drop``: the first step whose advantage is <= -threshold (threshold > 0).
+    """
+    if rule not in PIT_RULES:
+        raise ValueError(f"pit rule {rule!r} is not valid: expected one of {', '.join(PIT_RULES)}")
+    if len(values) < 2:
+        return None
+    if rule == "first_zero":
+        if values[0] <= 0:
+            return None
+        for i in range(1, len(values)):
+            if values[i] <= 0:
+                return i - 1 if values[i - 1] > 0 else None
+        return None
+    adv = advantages(values)
+    if rule == "argmin_advantage":
+        low = min(adv)
+        return adv.index(low) if low < -threshold else None
+    if threshold <= 0:
+        raise ValueError("pit rule 'first_drop' needs a positive pit_threshold, e.g. 0.5")
+    for i, a in enumerate(adv):
+        if a <= -threshold:
+            return i
+    return None
+
+
+def prefix_values(neg: NegativeValues, estimator: str = "bok", k: int = 5) -> list[float]:
+    """V_0..V_L of one negative: scored prefixes by ``step_value``, unscored ones (after a dead
+    prefix) and the terminal prefix L (the wrong solution itself) are 0."""
+    vals = [step_value(c, neg.m, estimator, k, f) for c, f in zip(neg.counts, neg.flags)]
+    return vals + [0.0] * (len(neg.steps) + 1 - len(vals))
+
+
+def pit_analysis(
+    items: list[NegativeValues], examples, rule: str, threshold: float, estimator: str, k: int
+):
+    """[(negative, values, pit, exact first wrong step or None)] and agreement statistics."""
+    rows, pits, exacts = [], Counter(), Counter()
+    agree = n_agree = agree_all = n_all = dead = 0
+    for neg in items:
+        values = prefix_values(neg, estimator, k)
+        pit = first_pit(values, rule, threshold)
+        problem = examples[neg.problem].problem
+        exact = first_wrong_step(problem, neg.text) if problem is not None else None
+        rows.append((neg, values, pit, exact))
+        dead += values[0] <= 0
+        if pit is not None:
+            pits[pit] += 1
+        if problem is not None:
+            exacts[exact] += 1
+            n_all += 1
+            agree_all += pit == exact
+            if values[0] > 0:
+                n_agree += 1
+                agree += pit == exact
+    stats = {
+        "negatives_rolled_out": len(items),
+        "dead_prompt_negatives": dead,  # V_0 = 0: no rollout from the bare prompt was correct
+        "pits_found": sum(pits.values()),
+        "pit_rule": rule,
+        "pit_histogram": {str(k): v for k, v in sorted(pits.items())},
+        "prefixes_scored_per_negative": round(
+            sum(len(n.counts) for n in items) / max(1, len(items)), 3
+        ),
+    }
+    if n_all:
+        stats.update(
+            {
+                "first_pit_agreement": round(agree / n_agree, 4)
+                if n_agree
+                else None,  # among V_0 > 0
+                "first_pit_agreement_n": n_agree,
+                "first_pit_agreement_all": round(
+                    agree_all / n_all, 4
+                ),  # all negatives (no pit = disagree)
+                "exact_first_wrong_histogram": {
+                    str(k): v for k, v in sorted(exacts.items(), key=lambda x: str(x[0]))
+                },
+            }
+        )
+    return rows, stats
+
+
+def step_pairs(rows, examples, rejected_mode: str, seed: int) -> tuple[list[PreferencePair], dict]:
+    if rejected_mode not in REJECTED_MODES:
+        raise ValueError(
+            f"objective.rejected={rejected_mode!r} is not valid: expected one of {', '.join(REJECTED_MODES)}"
+        )
+    rng = random.Random(f"step-pairs-{seed}")
+    pairs, seen = [], set()
+    no_pit = no_chosen = duplicate = 0
+    for neg, _values, pit, _exact in rows:
+        if pit is None:
+            no_pit += 1
+            continue
+        steps = neg.steps
+        # correct continuations of the prefix before the pit whose first step is not the pit step
+        options = [
+            c
+            for c in (neg.correct[pit] if pit < len(neg.correct) else [])
+            if (split_steps(c) or [""])[0] != steps[pit]
+        ]
+        if not options:
+            no_chosen += 1
+            continue
+        last = pit == len(steps) - 1
+        if rejected_mode == "pit":
+            rejected, rejected_eos = steps[pit] + ("" if last else "\n"), last
+        else:
+            rejected, rejected_eos = join_steps(steps[pit:]), True
+        key = (
+            neg.problem,
+            pit,
+            tuple(steps[: pit + 1]) if rejected_mode == "pit" else tuple(steps),
+        )
+        if key in seen:
+            duplicate += 1
+            continue
+        seen.add(key)
+        ex = examples[neg.problem]
+        pairs.append(
+            PreferencePair(
+                neg.problem,
+                ex.prompt,
+                prefix_text(steps, pit),
+                rng.choice(options),
+                rejected,
+                chosen_eos=True,
+                rejected_eos=rejected_eos,
+                meta={"pit": pit, "text": neg.text},
+            )
+        )
+    return pairs, {
+        "pairs_skipped_no_pit": no_pit,
+        "pairs_skipped_no_chosen": no_chosen,
+        "pairs_duplicate": duplicate,
+    }
