@@ -1,6 +1,6 @@
 """Fit test_error(n) = E + A * n^(-alpha) per (objective, source), with paired bootstrap CIs.
 
-Why this way (see README "Analysis" and harness.md section 4):
+Why this way (docs/analysis.md#the-fit-and-why):
 - The objective is Huber on log-space residuals log(err_hat) - log(err): errors are relative, so a
   0.40 -> 0.38 change counts like 0.04 -> 0.038, and one diverged seed cannot drag the curve.
 - Variable projection: for a fixed alpha the model is linear in (E, A), so we profile them out

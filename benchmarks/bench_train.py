@@ -16,7 +16,7 @@ Rows (tokens/s counts real tokens, never padding; timing starts after --warmup s
 
 Models: ``tiny`` = cpu_default's 2-layer width-128 GPT-2 on procedural problems, batch 32;
 ``qwen0.5b`` = a randomly initialised Qwen2-0.5B-shaped model (494 M parameters, no download)
-on random tokens, batch 8 x 1024 with a 128-token prompt, as in ../shared/reference/gpu-anchor.md.
+on random tokens, batch 8 x 1024 with a 128-token prompt, as in docs/performance.md#the-gpu-anchor.
 The overhead target is eightfold >= 0.95 x plain.
 """
 

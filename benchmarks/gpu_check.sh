@@ -5,7 +5,7 @@
 # (or ./gpu-check-out).
 #
 # The lent GPU image has torch, lightning, transformers and peft but not hydra-core, omegaconf,
-# submitit or math-verify: bring them as wheels first (README "Performance", GPU check):
+# submitit or math-verify: bring them as wheels first (docs/performance.md#gpu-check):
 #   make gpu-wheels          # downloads them into .whl/ (ignored by git)
 # then, with the device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"]).
 #

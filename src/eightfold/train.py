@@ -292,7 +292,7 @@ def job_info() -> dict:
 
 
 def apply_perf(perf: DictConfig, model, datamodule, module) -> None:
-    """The speed knobs of ``perf.*`` (README "Performance"): none of them changes what is computed."""
+    """The speed knobs of ``perf.*`` (docs/performance.md): none of them changes what is computed."""
     if perf.packing:
         context = getattr(model.config, "max_position_embeddings", None)
         length = perf.pack_length or context

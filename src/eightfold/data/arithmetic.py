@@ -11,7 +11,7 @@ A problem gives one digit per chain, then defines each chain as a sequence of st
                g=d-f=6-2=4
                #4
 
-Design choices, measured in ../shared/reference/cpu-testbed*.md:
+Design choices, measured (docs/testbed.md#why-it-looks-like-this):
 - values modulo a prime and every step injective in its operand (no ``*0``, no ``x*x``): a
   wrong step really changes the answer, so "correct answer" nearly always means "correct trace";
 - independent chains can be solved in any interleaving: self-generated correct solutions can

@@ -192,7 +192,7 @@ class DPOModule(PolicyModule):
             self._warned = True
             log.warning(
                 "%s: the chosen log-prob has fallen steadily (now %.2f nats below pi_sft per sequence after %d "
-                "steps): the collapse measured in cpu-testbed.md (both log-probs fall, greedy output degenerates). "
+                "steps): the collapse in docs/objectives.md#collapse-guard (both log-probs fall, greedy output degenerates). "
                 "Consider fewer epochs, a lower lr, or objective.module.nll_weight>0.",
                 self.name,
                 self._chosen_logratios[-1],

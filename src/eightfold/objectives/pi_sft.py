@@ -71,7 +71,7 @@ def sampling_examples(cfg: DictConfig, datamodule) -> list[Example]:
     ``pool`` (objective.sample_prompts=pool) draws data.size new problems from the generator,
     disjoint from train and test, with the generator's answers: it deviates from the paper
     (more problems than the teacher data) and exists for the memorisation regime measured in
-    cpu-testbed.md, where pi_sft reproduces its training solutions.
+    docs/results.md#cpu-testbed-1-task-design-and-dpo-collapse, where pi_sft reproduces its training solutions.
     """
     which = cfg.objective.get("sample_prompts", "train")
     if which not in PROMPT_SETS:

@@ -168,7 +168,7 @@ def plain_dpo_pairs(
 ) -> tuple[list[PreferencePair], dict]:
     """Standard DPO (paper §3.3): chosen = a correct self-sample of the same problem, rejected =
     the whole negative; problems without a correct sample give no pair (no teacher fallback: it
-    would add teacher positives through the back door, cpu-testbed.md)."""
+    would add teacher positives through the back door, docs/objectives.md#where-the-defaults-come-from)."""
     rng = random.Random(f"dpo-pairs-{seed}")
     positives: dict[int, list[str]] = {}
     for p, recs in samples.by_problem.items():

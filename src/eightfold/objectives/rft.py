@@ -10,7 +10,7 @@ right, procedural only, not paper-faithful), de-duplicated per problem on their 
 * ``teacher``: the teacher's solutions only, i.e. the matched control (same start, same steps).
 
 ``init``: ``sft`` (default) continues from pi_sft for ``steps`` optimizer steps at the
-continuation lr (cpu-testbed-2's matched-control design); ``base`` retrains from the model as
+continuation lr (the matched-control design, docs/results.md#cpu-testbed-2-step-dpo-pilots); ``base`` retrains from the model as
 built by ``cfg.model`` (the paper's [M] recipe) for ``trainer.max_steps`` at ``base_lr``.
 The samples go through the datamodule's own SFT path (``data.with_train_pairs``), so batching,
 shuffling and the loss are exactly SFT's.

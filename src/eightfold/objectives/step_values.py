@@ -1,6 +1,6 @@
 """Step values, advantages, the first pit, and the per-step pairs built at it (paper §4).
 
-Definitions (docs/concepts.md; paper §3.4, Algorithm 1):
+Definitions (docs/objectives.md#definitions-per-step-dpo; paper §4, Algorithm 1):
 
 * q_i = fraction of the M rollouts from prefix i (:mod:`eightfold.rollouts`) that end correct.
   The step value V_i estimates the value of prefix i under BoK(pi_sft): ``bok`` 1-(1-q_i)^K
