@@ -26,7 +26,13 @@ def evaluate(
         )
     ]
     correct = [is_correct(c, e.answer, kind) for c, e in zip(completions, examples)]
-    out = {"test_accuracy": sum(correct) / len(examples), "test_size": len(examples)}
+    out = {
+        "test_accuracy": sum(correct) / len(examples),
+        "test_size": len(examples),
+        # one character per test problem, in test-set order: the analysis pairs two objectives
+        # on the same problems (McNemar, paired bootstrap) from these
+        "test_outcomes": "".join("1" if ok else "0" for ok in correct),
+    }
     if all(e.problem is not None for e in examples):
         strict = [is_strictly_correct(e.problem, c) for c, e in zip(completions, examples)]
         out["test_strict_accuracy"] = sum(strict) / len(examples)
