@@ -95,15 +95,74 @@ def test_config_hash_ignores_paths_and_workers_but_not_results(tmp_path):
 
 
 # --- the move of issue 12 kept every hash (tests/data/config_hashes.json, written before it) ---
+# Issue 13 then changed the defaults of the objectives on pi_sft on purpose (the old ones trained
+# the DPO family 2-44 optimizer steps: docs/objectives.md#the-training-budget). Those entries are
+# listed under "changed" in the JSON, with the reason; the old configs are reproduced by the
+# `<objective>_v0` files, up to the renamed and added keys below (checked key by key).
+CHANGED = HASHES["changed"]["objectives"]
+V0_ADDED = {  # keys the *_v0 files carry that did not exist before issue 13, at their v0 value
+    "rft": {"epochs": None, "max_epochs": 8},
+    "dpo": {"max_epochs": 8, "module.preference_weight": 1.0},
+    "step_dpo": {
+        "max_epochs": 8,
+        "module.preference_weight": 1.0,
+        "chosen": "random",
+        "pair_form": "shared_prefix",
+        "confirm_rollouts": 0,
+    },
+    "awr": {"max_epochs": 8, "chosen": "random", "module.weighting": "exp"},
+}
+V0_MOVED = {"module.epochs": "epochs", "module.max_steps": "steps"}  # the budget left the module
+
+
+def _get(tree: dict, dotted: str):
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree[key]
+    return tree, leaf
+
+
+def as_v0(config: dict, objective: str) -> dict:
+    """A config recorded before issue 13, as its `<objective>_v0` file composes it today."""
+    config = json.loads(json.dumps(config))
+    o = config["objective"]
+    o["name"] = f"{objective}_v0"
+    for old, new in V0_MOVED.items():
+        tree, leaf = _get(o, old)
+        if leaf in tree:
+            o[new] = tree.pop(leaf)
+    for dotted, value in V0_ADDED[objective].items():
+        tree, leaf = _get(o, dotted)
+        tree[leaf] = value
+    return config
+
+
+def _objective(entry: dict) -> str:
+    return next(ov.split("=", 1)[1] for ov in entry["overrides"] if ov.startswith("objective="))
 
 
 @pytest.mark.parametrize(
     "entry", HASHES["compositions"], ids=lambda e: ",".join(e["overrides"][:3])
 )
 def test_composition_unchanged_by_the_config_move(entry):
+    objective = (
+        _objective(entry) if any(o.startswith("objective=") for o in entry["overrides"]) else "sft"
+    )
+    if objective in CHANGED:  # the old defaults live on in <objective>_v0
+        overrides = [
+            o if not o.startswith("objective=") else f"objective={objective}_v0"
+            for o in entry["overrides"]
+        ]
+        cfg = compose_cfg([*overrides, f"paths.root={ROOT}"])
+        assert OmegaConf.to_container(cfg, resolve=True) == as_v0(entry["config"], objective)
+        return
     cfg = compose_cfg([*entry["overrides"], f"paths.root={ROOT}"])
     assert OmegaConf.to_container(cfg, resolve=True) == entry["config"]
     assert config_hash(cfg) == entry["config_hash"]
+
+
+def test_the_changed_entries_say_why():
+    assert set(CHANGED) == set(V0_ADDED) and len(HASHES["changed"]["why"]) > 40
 
 
 def _twins(variant: str) -> list[tuple[str, dict]]:
@@ -119,29 +178,95 @@ def _twins(variant: str) -> list[tuple[str, dict]]:
 # Variants that no sweep ran under their own name: what each must equal instead.
 # rft_self: data_source.yaml's `self_generated` ran it as objective.positives=self under the name
 # rft, so its runs cannot be told from plain rft; the file gives it its own name (and hash).
+# The controls and *_v0 files of issue 13 are new: their bundles are written here.
 EQUIVALENT = {
     "rft_self": ["objective=rft", "objective.positives=self", "objective.name=rft_self"],
+    "dpo_control": [
+        "objective=dpo",
+        "objective.module.preference_weight=0.0",
+        "objective.name=dpo_control",
+    ],
+    "step_dpo_control": [
+        "objective=step_dpo",
+        "objective.module.preference_weight=0.0",
+        "objective.name=step_dpo_control",
+    ],
+    "awr_control": [
+        "objective=awr",
+        "objective.module.weighting=chosen_only",
+        "objective.name=awr_control",
+    ],
+    "rft_v0": ["objective=rft", "objective.k=4", "objective.name=rft_v0"],
+    "dpo_v0": [
+        "objective=dpo",
+        "objective.k=4",
+        "objective.max_negatives=400",
+        "objective.steps=null",
+        "objective.epochs=2",
+        "objective.module.lr=3e-5",
+        "objective.module.nll_weight=0.0",
+        "objective.name=dpo_v0",
+    ],
+    "step_dpo_v0": [
+        "objective=step_dpo",
+        "objective.k=4",
+        "objective.max_negatives=400",
+        "objective.steps=null",
+        "objective.epochs=2",
+        "objective.chosen=random",
+        "objective.module.lr=3e-5",
+        "objective.module.nll_weight=0.0",
+        "objective.name=step_dpo_v0",
+    ],
+    "awr_v0": [
+        "objective=awr",
+        "objective.k=4",
+        "objective.max_negatives=400",
+        "objective.steps=null",
+        "objective.epochs=2",
+        "objective.chosen=random",
+        "objective.module.lr=1e-4",
+        "objective.module.weighting=exp",
+        "objective.name=awr_v0",
+    ],
 }
 
 
+def _today(override: str) -> str:
+    """An override of a recorded bundle, in today's keys (issue 13 moved the budget)."""
+    key, _, value = override.partition("=")
+    for old, new in V0_MOVED.items():
+        if key == f"objective.{old}":
+            return f"objective.{new}={value}"
+    return override
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_variant_file_has_the_hash_of_its_override_bundle(variant):
+def test_variant_file_is_its_override_bundle(variant):
+    """Each variant file is exactly the bundle of overrides a sweep ran under its name (applied to
+    today's parent), so the variant still means what the recorded runs meant."""
     twins = _twins(variant)
     assert twins or variant in EQUIVALENT, (
         f"objective/{variant}.yaml has no recorded twin: add it to EQUIVALENT"
     )
-    for _sweep, row in twins:
-        rest = [o for o in row["overrides"] if not o.startswith("objective")]
-        cfg = compose_cfg([*rest, f"objective={variant}", f"paths.root={ROOT}"])
-        assert config_hash(cfg) == row["config_hash"], (_sweep, row["overrides"])
-    if variant in EQUIVALENT:
-        for context in (["experiment=cpu_default", "data=teacher"], ["experiment=cpu_hard"]):
-            new = compose_cfg([*context, f"objective={variant}", f"paths.root={ROOT}"])
-            old = compose_cfg([*context, *EQUIVALENT[variant], f"paths.root={ROOT}"])
-            assert OmegaConf.to_container(new, resolve=True) == OmegaConf.to_container(
-                old, resolve=True
-            )
-            assert config_hash(new) == config_hash(old)
+    bundles = [
+        (
+            [o for o in row["overrides"] if not o.startswith("objective")],
+            [_today(o) for o in row["overrides"] if o.startswith("objective")],
+        )
+        for _sweep, row in twins
+    ]
+    bundles += [(["experiment=cpu_hard"], EQUIVALENT[variant])] if variant in EQUIVALENT else []
+    for rest, bundle in bundles:
+        keys = {o.split("=", 1)[0] for o in bundle}
+        if "objective.epochs" in keys and "objective.steps" not in keys:
+            bundle = [*bundle, "objective.steps=null"]  # a recorded epochs budget: steps off
+        new = compose_cfg([*rest, f"objective={variant}", f"paths.root={ROOT}"])
+        old = compose_cfg([*rest, *bundle, f"paths.root={ROOT}"])
+        assert OmegaConf.to_container(new, resolve=True) == OmegaConf.to_container(
+            old, resolve=True
+        ), (variant, bundle)
+        assert config_hash(new) == config_hash(old)
 
 
 # --- typed objective configs ----------------------------------------------------------------

@@ -35,8 +35,14 @@ COMMON = {
 }
 
 # The smoke experiment, made able to produce right and wrong samples in seconds: SFT for 300
-# steps (the shared pi_sft), 8 samples per problem, no intermediate checkpoints.
-OVERRIDES = ["trainer.max_steps=300", "checkpoint_every_n_steps=100000", "objective.k=8"]
+# steps (the shared pi_sft), 8 samples per problem, 20 steps per objective, no intermediate
+# checkpoints.
+OVERRIDES = [
+    "trainer.max_steps=300",
+    "checkpoint_every_n_steps=100000",
+    "objective.k=8",
+    "objective.steps=20",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -73,7 +79,7 @@ def finished(cfg) -> dict:
 
 
 def test_rft_trains_on_teacher_plus_self_generated(root):
-    cfg = cfg_for(root, "rft", "objective.steps=20")
+    cfg = cfg_for(root, "rft")
     result = run(cfg)
     r = finished(cfg)
     assert r["train_steps"] == 20 == r["objective_steps"]  # its own budget, not the SFT's 300
@@ -88,7 +94,7 @@ def test_rft_trains_on_teacher_plus_self_generated(root):
     ] == 300
 
 
-def test_dpo_trains_bounded_epochs_and_computes_reference_logps_once(root, monkeypatch):
+def test_dpo_trains_its_step_budget_and_computes_reference_logps_once(root, monkeypatch):
     calls = []
     original = preference.reference_logps
 
@@ -108,20 +114,16 @@ def test_dpo_trains_bounded_epochs_and_computes_reference_logps_once(root, monke
     r = finished(cfg)
     assert r["samples_cached"] is True  # the rft run's sampling pass, not a new one
     assert r["pairs"] > 0 and r["pairs_skipped_no_chosen"] >= 0
-    steps_per_epoch = -(-r["pairs"] // 32)
-    assert (
-        r["train_steps"] == r["objective_steps"] == 2 * steps_per_epoch
-    )  # 2 epochs, not trainer.max_steps
-    # one pass of the frozen reference over all pairs, before training; none during the 2 epochs
+    # objective.steps, not trainer.max_steps and not a number of epochs
+    assert r["train_steps"] == r["objective_steps"] == 20
+    assert r["budget_items"] == r["pairs"] and r["budget_epochs"] == round(20 * 32 / r["pairs"], 3)
+    # one pass of the frozen reference over all pairs, before training; none during training
     assert calls == [(r["pairs"], -(-r["pairs"] // 64))]
     assert r["ref_logps_cached"] is False
-    for key in (
-        "final_reward_margin",
-        "final_reward_accuracy",
-        "final_chosen_logp",
-        "collapse_warning",
-    ):
-        assert key in r
+    # averaged over the last epoch's steps (nats, not beta x the last batch)
+    assert isinstance(r["logratio_gap_last_epoch"], float)
+    assert 0 <= r["reward_accuracy_last_epoch"] <= 1 and r["logratio_gap_last_epoch"] > 0
+    assert "collapse_warning" in r
     # another run on the same pairs (here: another beta) reads them from the cache
     cfg2 = cfg_for(
         root,
@@ -160,7 +162,11 @@ def test_step_dpo_rollouts_pits_agreement_and_pairs(root):
         and r["first_pit_agreement_n"] == 120 - r["dead_prompt_negatives"]
     )
     assert (
-        r["pairs"] + r["pairs_skipped_no_pit"] + r["pairs_skipped_no_chosen"] + r["pairs_duplicate"]
+        r["pairs"]
+        + r["pairs_skipped_no_pit"]
+        + r["pairs_skipped_no_chosen"]
+        + r["pairs_skipped_unconfirmed"]
+        + r["pairs_duplicate"]
         == 120
     )
     assert r["pairs"] > 0 and r["train_steps"] == r["objective_steps"] > 0
@@ -172,7 +178,7 @@ def test_awr_shares_the_step_dpo_rollouts(root):
     r = finished(cfg)
     assert r["rollouts_cached"] is True  # the step_dpo run's rollouts: one pass for both
     assert r["awr_items"] == 2 * r["pairs"] and r["train_steps"] == r["objective_steps"] > 0
-    assert r["first_pit_agreement"] is not None and r["awr_mean_weight"] > 0
+    assert r["first_pit_agreement"] is not None and r["awr_negative_weights"] > 0  # signed
 
 
 def test_one_multirun_over_objectives_writes_one_result_each(root):
@@ -194,7 +200,7 @@ def test_one_multirun_over_objectives_writes_one_result_each(root):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(p.read_text()) for p in root.glob("runs/*/result.json")]
-    k4 = [r for r in results if r["objective"] == "sft" or r.get("samples") == 4 * 64]
+    k4 = [r for r in results if r["objective"] == "sft" or r.get("samples") == 16 * 64]
     assert sorted(r["objective"] for r in k4) == ["dpo", "rft", "sft", "step_dpo"]
     assert len({r["sft_run"] for r in k4 if r["objective"] != "sft"}) == 1  # one shared pi_sft
     for r in k4:
@@ -207,3 +213,29 @@ def test_one_multirun_over_objectives_writes_one_result_each(root):
             "config_hash",
             "train_steps",
         } <= r.keys()
+
+
+@pytest.mark.parametrize(
+    "extra, too_few",
+    [
+        (["objective.max_negatives=3", "objective.steps=7"], True),  # 3 pairs, 7 steps: 75 passes
+        (["objective.steps=2"], False),  # every pair at most once
+    ],
+)
+def test_the_step_budget_is_honoured_with_few_and_many_pairs(root, extra, too_few):
+    cfg = cfg_for(root, "dpo", *extra)
+    run(cfg)
+    r = finished(cfg)
+    asked = cfg.objective.steps
+    assert r["train_steps"] == r["objective_steps"] == asked
+    assert r["budget_too_few_pairs"] is too_few
+    assert (r["budget_epochs"] > cfg.objective.max_epochs) is too_few
+
+
+def test_matched_control_trains_the_same_pairs_and_steps_without_the_preference_loss(root):
+    dpo, control = cfg_for(root, "dpo"), cfg_for(root, "dpo_control")
+    run(dpo), run(control)
+    a, b = finished(dpo), finished(control)
+    assert (a["pairs"], a["train_steps"]) == (b["pairs"], b["train_steps"])
+    # the control never optimises the contrast: its gap stays near 0, DPO's grows
+    assert a["logratio_gap_last_epoch"] > b["logratio_gap_last_epoch"]

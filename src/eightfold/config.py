@@ -68,6 +68,9 @@ INITS = ("sft", "base")
 FILTERS = ("answer", "strict")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm")
 ROLLOUT_BACKENDS = ("hf", "vllm")
+CHOSEN_RULES = ("longest_prefix", "random")
+PAIR_FORMS = ("shared_prefix", "paper")
+WEIGHTINGS = ("signed", "exp", "chosen_only")
 
 Rejected = _choices("Rejected", REJECTED)
 PitRule = _choices("PitRule", PIT_RULES)
@@ -78,6 +81,9 @@ Init = _choices("Init", INITS)
 Filter = _choices("Filter", FILTERS)
 LossType = _choices("LossType", LOSS_TYPES)
 RolloutBackend = _choices("RolloutBackend", ROLLOUT_BACKENDS)
+ChosenRule = _choices("ChosenRule", CHOSEN_RULES)
+PairForm = _choices("PairForm", PAIR_FORMS)
+Weighting = _choices("Weighting", WEIGHTINGS)
 
 # The objective keys whose value is one of a fixed set, and their enums.
 CHOICES: dict[str, type[_StrEnum]] = {
@@ -90,6 +96,9 @@ CHOICES: dict[str, type[_StrEnum]] = {
     "filter": Filter,
     "module.loss_type": LossType,
     "rollout_backend": RolloutBackend,
+    "chosen": ChosenRule,
+    "pair_form": PairForm,
+    "module.weighting": Weighting,
 }
 
 
@@ -129,11 +138,10 @@ class DPOModuleConfig(ModuleConfig):
     )
     label_smoothing: float = _f("loss_type=robust only: assumed rate of flipped labels")
     nll_weight: float = _f("> 0 adds RPO's NLL term on the chosen completion, times this")
-    batch_size: int = _f("preference pairs per optimizer step (2x sequences in one forward)")
-    epochs: int = _f(
-        "passes over the pairs; the objective sets the trainer's step limit to epochs x pairs/batch"
+    preference_weight: float = _f(
+        "weight of the preference loss; 0 = the matched control (the NLL term alone, same pairs)"
     )
-    max_steps: int | None = _f("a fixed number of optimizer steps instead of epochs (or null)")
+    batch_size: int = _f("preference pairs per optimizer step (2x sequences in one forward)")
     ref_batch_size: int = _f("pairs per forward when scoring them under the frozen reference")
     collapse_threshold: float = _f(
         "warn when the chosen log-ratio falls below -this and keeps falling (likelihood collapse)"
@@ -142,11 +150,13 @@ class DPOModuleConfig(ModuleConfig):
 
 @dataclass
 class AWRModuleConfig(ModuleConfig):
-    beta: float = _f("temperature of the weights exp(A/beta) (the per-step DPO beta)")
-    max_weight: float = _f("weights are clipped to this")
+    weighting: Weighting = _f(  # type: ignore[valid-type]
+        "signed: w = A (pushes the pit step down) | exp: w = exp(A/beta) (never negative) |"
+        " chosen_only: the chosen continuations at weight 1 (the matched control)"
+    )
+    beta: float = _f("weighting=exp: temperature of exp(A/beta) (the per-step DPO beta)")
+    max_weight: float = _f("weights are clipped to [-this, this]")
     batch_size: int = _f("weighted completions per optimizer step")
-    epochs: int = _f("passes over the weighted data (bounds the trainer's step limit)")
-    max_steps: int | None = _f("a fixed number of optimizer steps instead of epochs (or null)")
 
 
 # --- shared blocks (conf/objective/common/*.yaml) --------------------------------------------
@@ -180,6 +190,20 @@ class _Negatives:
 
     negatives_per_problem: int = _f("incorrect samples used per problem (at most k exist)")
     max_negatives: int | None = _f("incorrect samples used in all (null = every one)")
+
+
+@dataclass
+class _Budget:
+    """conf/objective/common/budget.yaml: how long an objective on pi_sft (and its control) trains."""
+
+    steps: int | None = _f(
+        "optimizer steps: the same for an objective and its matched control (null: use epochs)"
+    )
+    epochs: float | None = _f("passes over the objective's data instead of steps (or null)")
+    max_epochs: float = _f(
+        "more passes than this over the data (too few pairs for the budget) are reported:"
+        " budget_too_few_pairs in result.json, no multiplier in the report"
+    )
 
 
 @dataclass
@@ -223,7 +247,7 @@ class SFTConfig(_Named):
 
 
 @dataclass
-class RFTConfig(_Samples, _Named):
+class RFTConfig(_Budget, _Samples, _Named):
     """objective=rft: rejection fine-tuning on pi_sft's verified-correct samples (paper §3.2)."""
 
     filter: Filter = _f(  # type: ignore[valid-type]
@@ -237,8 +261,8 @@ class RFTConfig(_Samples, _Named):
     )
     init: Init = _f(  # type: ignore[valid-type]
         "sft: continue pi_sft for `steps` | base: retrain from the base model"
+        " (for trainer.max_steps)"
     )
-    steps: int = _f("optimizer steps when init=sft (init=base uses trainer.max_steps)")
     module: RFTModuleConfig = field(
         default_factory=RFTModuleConfig,
         metadata={"help": "eightfold.objectives.rft.RFTModule and its optimizer"},
@@ -246,7 +270,7 @@ class RFTConfig(_Samples, _Named):
 
 
 @dataclass
-class DPOConfig(_Negatives, _Samples, _Named):
+class DPOConfig(_Budget, _Negatives, _Samples, _Named):
     """objective=dpo: standard DPO against the frozen SFT model (paper §3.3, the control)."""
 
     module: DPOModuleConfig = field(
@@ -262,11 +286,28 @@ class StepDPOConfig(_Rollouts, DPOConfig):
     rejected: Rejected = _f(  # type: ignore[valid-type]
         "the rejected side: pit (the negative cut after the pit step) | rest (the whole remainder)"
     )
+    chosen: ChosenRule = _f(  # type: ignore[valid-type]
+        "which correct continuation of the pre-pit prefix is chosen: longest_prefix (the one that"
+        " shares the most tokens with the pit step, so the contrast starts at the wrong token) |"
+        " random"
+    )
+    pair_form: PairForm = _f(  # type: ignore[valid-type]
+        "shared_prefix: prompt + steps before the pit, chosen/rejected continue it (Thm 6.1) |"
+        " paper: chosen = a full correct solution of x, rejected = the negative cut after its pit"
+    )
+    confirm_rollouts: int = _f(
+        "extra rollouts from the prefix that ends with the pit step; a pit is kept only if none"
+        " of them is correct (0 = no confirmation)"
+    )
 
 
 @dataclass
-class AWRConfig(_Rollouts, _Negatives, _Samples, _Named):
+class AWRConfig(_Budget, _Rollouts, _Negatives, _Samples, _Named):
     """objective=awr: per-step advantage-weighted regression on step_dpo's rollouts."""
+
+    chosen: ChosenRule = _f(  # type: ignore[valid-type]
+        "the chosen continuation of step_dpo's pairs: longest_prefix | random"
+    )
 
     module: AWRModuleConfig = field(
         default_factory=AWRModuleConfig,

@@ -1,32 +1,40 @@
-"""objective=awr: per-step advantage-weighted regression on the same rollouts as step_dpo.
+"""objective=awr: per-step advantage-weighted training on the same rollouts as step_dpo.
 
 The paper (Thm 6.1) shows per-step DPO on first-pit pairs has the optimum of per-step
-advantage-weighted RL, pi*(a|s) ∝ pi_sft(a|s) exp(A(s,a)/beta). This objective fits that form
-directly (AWR, Peng et al. 2019): maximise sum_steps w * log pi(step | state) with
-w = min(exp(A/beta), max_weight), on exactly the data per-step DPO uses, so a sweep compares the
-two head to head (same negatives, same rollouts from ``PiSft.rollouts``, same pits, same
-chosen continuation):
+advantage-weighted RL, pi*(a|s) ∝ pi_sft(a|s) exp(A(s,a)/beta). This objective trains on exactly
+the data per-step DPO uses (same negatives, same rollouts from ``PiSft.rollouts``, same pits,
+same chosen continuation), so a sweep compares the two head to head. Each pair gives two
+weighted sequences:
 
-* the negative's steps up to and including its pit, step i weighted by exp(A_i/beta) with
-  A_i = V_{i+1} - V_i (the pit step gets its large negative advantage, so ~0 weight);
+* the negative's steps up to and including its pit, step i weighted by its advantage
+  A_i = V_{i+1} - V_i (the pit step has a large negative one);
 * the chosen continuation (a correct rollout from the prefix before the pit) as one action,
-  weighted by exp((1 - V_c)/beta): its return under BoK is 1, the prefix's value is V_c.
+  with advantage 1 - V_c (its return under BoK is 1, the prefix's value is V_c).
 
-No reference model is needed (the KL to pi_sft is implicit in sampling the data from pi_sft).
+What it optimises, by ``module.weighting``:
+
+* ``signed`` (default): minimise -sum_t A_t log pi(token_t) / sum_t |A_t|, the policy gradient
+  of the per-step advantage objective at pi = pi_sft (the first step towards Thm 6.1's optimum):
+  the pit step's probability goes down, the chosen continuation's up, steps with A ~ 0 get no
+  gradient. There is no KL term: the fixed step budget and the small lr keep it near pi_sft.
+* ``exp``: AWR (Peng et al. 2019), weights exp(A/beta) clipped at ``max_weight``, normalised by
+  the number of tokens (the form before issue 13): weights are never negative, so the pit is
+  only dropped (weight ~0), never pushed down: weighted SFT on pi_sft's correct steps.
+* ``chosen_only``: the chosen continuations at weight 1, the negatives dropped: awr_control.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
 
+from eightfold.config import WEIGHTINGS
 from eightfold.data.datamodule import collate_sft
 from eightfold.generation import encode_prompt
-from eightfold.objectives.base import PolicyModule, TrainData, model_token_logps
+from eightfold.objectives.base import PolicyModule, TrainData, model_token_logps, step_budget
 from eightfold.objectives.losses import awr_weights, weighted_nll
 from eightfold.objectives.step_values import pit_analysis, step_pairs
 
@@ -52,12 +60,26 @@ def collate_weighted(items: list[WeightedItem], pad_id: int) -> dict[str, torch.
 
 
 def awr_items(
-    tokenizer, rows, pairs, beta: float, max_weight: float
+    tokenizer, rows, pairs, beta: float, max_weight: float, weighting: str = "signed"
 ) -> tuple[list[WeightedItem], dict]:
-    """Two weighted sequences per pair: the negative through its pit, and the chosen continuation."""
+    """Two weighted sequences per pair: the negative through its pit, and the chosen continuation.
+
+    ``signed``: w = A, clipped to [-max_weight, max_weight] (the pit step's negative advantage
+    pushes it down); ``exp``: w = exp(A/beta) clipped at max_weight (never negative: the pit is
+    only dropped); ``chosen_only``: the chosen continuation at weight 1, no negative (the control).
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(
+            f"objective.module.weighting={weighting!r} is not valid: expected one of"
+            f" {', '.join(WEIGHTINGS)}"
+        )
 
     def w(a: float) -> float:
-        return float(awr_weights(torch.tensor(a), beta, max_weight))
+        if weighting == "exp":
+            return float(awr_weights(torch.tensor(a), beta, max_weight))
+        if weighting == "chosen_only":
+            return 1.0
+        return max(-max_weight, min(max_weight, float(a)))
 
     def ids(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -69,7 +91,7 @@ def awr_items(
         pit = pair.meta["pit"]
         prompt = encode_prompt(tokenizer, pair.prompt)
         response, weights = [], []
-        for i in range(pit + 1):
+        for i in range(pit + 1 if weighting != "chosen_only" else 0):
             last = i == len(neg.steps) - 1
             toks = ids(neg.steps[i] + ("" if last else "\n")) + (
                 [tokenizer.eos_token_id] if last else []
@@ -78,7 +100,8 @@ def awr_items(
             response += toks
             weights += [wi] * len(toks)
             all_w.append(wi)
-        items.append(WeightedItem(prompt, response, weights))
+        if response:
+            items.append(WeightedItem(prompt, response, weights))
         chosen = ids(pair.chosen) + [tokenizer.eos_token_id]
         wc = w(1.0 - values[pit])
         all_w.append(wc)
@@ -86,7 +109,9 @@ def awr_items(
     stats = {
         "awr_items": len(items),
         "awr_mean_weight": round(sum(all_w) / len(all_w), 4) if all_w else None,
-        "awr_clipped_weights": sum(x >= max_weight for x in all_w),
+        "awr_clipped_weights": sum(abs(x) >= max_weight for x in all_w),
+        "awr_negative_weights": sum(x < 0 for x in all_w),
+        "awr_weighting": weighting,
     }
     return items, stats
 
@@ -104,15 +129,14 @@ class AWRModule(PolicyModule):
         betas: tuple[float, float] = (0.9, 0.98),
         warmup_steps: int = 2,
         min_lr_ratio: float = 0.0,
+        weighting: str = "signed",
         beta: float = 0.1,
         max_weight: float = 20.0,
         batch_size: int = 32,
-        epochs: float = 2,
-        max_steps: int | None = None,
     ):
         super().__init__(model, tokenizer, lr, weight_decay, betas, warmup_steps, min_lr_ratio)
-        self.beta, self.max_weight = float(beta), float(max_weight)
-        self.batch_size, self.epochs, self.max_steps = int(batch_size), float(epochs), max_steps
+        self.weighting, self.beta, self.max_weight = weighting, float(beta), float(max_weight)
+        self.batch_size = int(batch_size)
         self.train_steps: int | None = None
         self._fields: dict = {}
 
@@ -126,24 +150,27 @@ class AWRModule(PolicyModule):
         rows, pstats = pit_analysis(
             negs, samples.examples, o.pit_rule, float(o.pit_threshold), o.value, int(o.best_of_k)
         )
-        pairs, pair_stats = step_pairs(rows, samples.examples, "pit", seed)
-        pi_sft.release()
-        # 2. two weighted sequences per pair, then the budget: epochs, or a fixed number of steps
-        items, astats = awr_items(self.tokenizer, rows, pairs, self.beta, self.max_weight)
-        steps_per_epoch = math.ceil(len(items) / self.batch_size)
-        self.train_steps = (
-            self.max_steps
-            if self.max_steps is not None
-            else math.ceil(self.epochs * steps_per_epoch)
+        pairs, pair_stats = step_pairs(
+            rows,
+            samples.examples,
+            "pit",
+            seed,
+            chosen_rule=o.get("chosen", "random"),
+            tokenize=self._ids,
         )
+        pi_sft.release()
+        # 2. two weighted sequences per pair, then the budget (the same steps as awr_control)
+        items, astats = awr_items(
+            self.tokenizer, rows, pairs, self.beta, self.max_weight, self.weighting
+        )
+        self.train_steps, budget = step_budget(o, len(items), self.batch_size)
         self._fields = {
             **rstats,
             **pstats,
             **pair_stats,
             "pairs": len(pairs),
             **astats,
-            "objective_steps": self.train_steps,
-            "epochs": self.epochs,
+            **budget,
             **pi_sft.stats(),
         }
         if not items:
@@ -154,8 +181,12 @@ class AWRModule(PolicyModule):
     def result_fields(self) -> dict:
         return dict(self._fields)
 
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         tok, mask = model_token_logps(self.model, batch, self.logits_chunk_size)
-        loss = weighted_nll(tok, batch["weights"][:, 1:], mask)
+        normalise = "tokens" if self.weighting == "exp" else "weights"
+        loss = weighted_nll(tok, batch["weights"][:, 1:], mask, normalise)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sized
+from typing import Any
 
 import lightning as L
 import torch
@@ -181,3 +182,32 @@ class TrainData(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
             collate_fn=self.collate_fn,
         )
+
+
+def step_budget(objective: Any, items: int, batch_size: int) -> tuple[int, dict]:
+    """Optimizer steps an objective on pi_sft trains for, and what that budget means for its data.
+
+    1. ``objective.steps`` if set (the same budget for an objective and its matched control),
+       else ``objective.epochs`` passes over ``items`` in batches of ``batch_size``;
+    2. no data: 0 steps (the policy stays pi_sft);
+    3. the passes over the data that budget makes; more than ``objective.max_epochs`` means too
+       few pairs for the budget (reported; the analysis shows no multiplier for such a run).
+    """
+    steps, epochs = objective.get("steps"), objective.get("epochs")
+    if steps is None and epochs is None:
+        raise ValueError(
+            "objective.steps and objective.epochs are both null: set one, e.g. steps=200"
+        )
+    batches = math.ceil(items / batch_size)
+    train_steps = int(steps) if steps is not None else math.ceil(float(epochs) * batches)
+    if items == 0:
+        train_steps = 0
+    passes = train_steps * batch_size / items if items else None
+    max_epochs = objective.get("max_epochs")
+    too_few = items == 0 or (max_epochs is not None and passes > float(max_epochs))
+    return train_steps, {
+        "objective_steps": train_steps,
+        "budget_items": items,
+        "budget_epochs": round(passes, 3) if passes is not None else None,
+        "budget_too_few_pairs": bool(too_few),
+    }

@@ -7,10 +7,16 @@ The policy starts from pi_sft's weights; pi_sft's reference log-probs are comput
 (``preference.cached_reference_logps``); the frozen model is then dropped, training never calls it.
 ``prepare`` returns the pairs as a ``TrainData`` datamodule.
 
-Training budget: ``epochs`` passes over the pairs (default 2; docs/results.md: DPO collapsed at
-~26 epochs on a few hundred pairs), or ``max_steps``: ``train_steps`` tells train.py the step
-limit; ``trainer.max_steps`` in the config keeps the SFT budget, so the SFT run this one starts
-from resolves to the same directory.
+Training budget: ``objective.steps`` optimizer steps (conf/objective/common/budget.yaml), the
+same as the matched control's (``dpo_control``: ``preference_weight: 0``, the NLL of the chosen
+side alone), or ``objective.epochs`` passes over the pairs; ``train_steps`` tells train.py the
+step limit (``trainer.max_steps`` keeps the SFT budget, so the SFT run this one starts from
+resolves to the same directory). More passes than ``max_epochs`` over too few pairs are reported
+(``budget_too_few_pairs``). The loss is ``preference_weight * DPO + nll_weight * NLL(chosen)``
+(RPO with both at 1).
+
+Reported: the mean log-ratio gap (chosen minus rejected, in nats, not times beta) and the reward
+accuracy over the last epoch's steps, not the last batch.
 """
 
 from __future__ import annotations
@@ -21,7 +27,13 @@ import math
 
 import torch
 
-from eightfold.objectives.base import PolicyModule, TrainData, model_token_logps, sequence_sums
+from eightfold.objectives.base import (
+    PolicyModule,
+    TrainData,
+    model_token_logps,
+    sequence_sums,
+    step_budget,
+)
 from eightfold.objectives.losses import LOSS_TYPES, dpo_losses, nll_term
 from eightfold.objectives.preference import (
     PreferenceDataset,
@@ -67,10 +79,9 @@ class DPOModule(PolicyModule):
         beta: float = 0.1,
         loss_type: str = "sigmoid",
         label_smoothing: float = 0.0,
-        nll_weight: float = 0.0,
+        nll_weight: float = 1.0,
+        preference_weight: float = 1.0,
         batch_size: int = 32,
-        epochs: float = 2,
-        max_steps: int | None = None,
         ref_batch_size: int = 128,
         collapse_threshold: float = 1.0,
     ):
@@ -84,17 +95,15 @@ class DPOModule(PolicyModule):
             loss_type,
             float(label_smoothing),
         )
-        self.nll_weight, self.batch_size, self.epochs = (
-            float(nll_weight),
-            int(batch_size),
-            float(epochs),
-        )
-        self.max_steps, self.ref_batch_size = max_steps, int(ref_batch_size)
+        self.nll_weight, self.preference_weight = float(nll_weight), float(preference_weight)
+        self.batch_size, self.ref_batch_size = int(batch_size), int(ref_batch_size)
         self.collapse_threshold = float(collapse_threshold)
         self.train_steps: int | None = None
         self._fields: dict = {}
         self._chosen_logratios: list[float] = []
-        self._last: dict[str, float] = {}
+        self._gaps: list[float] = []  # per step: mean (chosen - rejected) log-ratio, nats
+        self._accuracies: list[float] = []  # per step: fraction of pairs with gap > 0
+        self._steps_per_epoch = 1
         self._warned = False
 
     # -- data ---------------------------------------------------------------
@@ -121,13 +130,9 @@ class DPOModule(PolicyModule):
             chunk_size=self.logits_chunk_size,
         )
         pi_sft.release()
-        # 4. the budget: epochs over the pairs, or a fixed number of steps
-        steps_per_epoch = math.ceil(len(items) / self.batch_size)
-        self.train_steps = (
-            self.max_steps
-            if self.max_steps is not None
-            else math.ceil(self.epochs * steps_per_epoch)
-        )
+        # 4. the budget: the same steps as the matched control, whatever the number of pairs
+        self.train_steps, budget = step_budget(cfg.objective, len(items), self.batch_size)
+        self._steps_per_epoch = max(1, math.ceil(len(items) / self.batch_size))
         if not items:
             log.warning(
                 "%s: no preference pairs could be built; the policy stays pi_sft", self.name
@@ -135,8 +140,7 @@ class DPOModule(PolicyModule):
         self._fields = {
             **stats,
             "pairs": len(items),
-            "objective_steps": self.train_steps,
-            "epochs": self.epochs,
+            **budget,
             **ref_stats,
             **pi_sft.stats(),
         }
@@ -166,10 +170,11 @@ class DPOModule(PolicyModule):
             chosen_tokens=n_tok[:b],
             rejected_tokens=n_tok[b:],
         )
-        loss = losses.mean()
+        loss = self.preference_weight * losses.mean()
         if self.nll_weight:
             loss = loss + self.nll_weight * nll_term(seq[:b], n_tok[:b])
         margin = (rc - rr).mean()
+        gap = ((pc.detach() - ref_c) - (pr.detach() - ref_r)).mean()
         chosen_logratio = (pc.detach() - ref_c).mean()
         metrics = {
             "train/reward_margin": margin,
@@ -180,9 +185,8 @@ class DPOModule(PolicyModule):
         }
         self.log_dict(metrics, prog_bar=False, batch_size=b)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b)
-        self._last = {k.split("/")[1]: float(v) for k, v in metrics.items()} | {
-            "loss": float(loss.detach())
-        }
+        self._gaps.append(float(gap))
+        self._accuracies.append(float((rc > rr).float().mean()))
         self._chosen_logratios.append(float(chosen_logratio))
         self._check_collapse()
         return loss
@@ -200,12 +204,13 @@ class DPOModule(PolicyModule):
             )
 
     def on_train_end(self) -> None:
-        lr = self._chosen_logratios
+        # over the last epoch's steps (the last pass over every pair), not the last batch
+        last = slice(-self._steps_per_epoch, None)
+        lr, gaps, accs = self._chosen_logratios, self._gaps[last], self._accuracies[last]
         self._fields.update(
             {
-                "final_reward_margin": self._last.get("reward_margin"),
-                "final_reward_accuracy": self._last.get("reward_accuracy"),
-                "final_chosen_logp": self._last.get("chosen_logp"),
+                "logratio_gap_last_epoch": round(sum(gaps) / len(gaps), 4) if gaps else None,
+                "reward_accuracy_last_epoch": round(sum(accs) / len(accs), 4) if accs else None,
                 "chosen_logratio_first": lr[0] if lr else None,
                 "chosen_logratio_final": lr[-1] if lr else None,
                 "collapse_warning": self._warned or falls_steadily(lr, self.collapse_threshold),

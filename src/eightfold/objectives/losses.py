@@ -110,7 +110,15 @@ def awr_weights(advantages: torch.Tensor, beta: float, max_weight: float = 20.0)
 
 
 def weighted_nll(
-    token_logps: torch.Tensor, token_weights: torch.Tensor, mask: torch.Tensor
+    token_logps: torch.Tensor,
+    token_weights: torch.Tensor,
+    mask: torch.Tensor,
+    normalise: str = "tokens",
 ) -> torch.Tensor:
-    """sum_t w_t * (-log p_t) / (number of scored tokens): advantage-weighted regression."""
-    return -(token_logps * token_weights * mask).sum() / mask.sum().clamp(min=1)
+    """sum_t w_t * (-log p_t), divided by the number of scored tokens (``tokens``) or by
+    sum_t |w_t| (``weights``: the step size then does not depend on how many large or negative
+    weights a batch holds). A negative weight pushes that token's probability down."""
+    total = -(token_logps * token_weights * mask).sum()
+    if normalise == "weights":
+        return total / (token_weights.abs() * mask).sum().clamp(min=1e-8)
+    return total / mask.sum().clamp(min=1)

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +36,15 @@ from eightfold.config import SAMPLE_PROMPTS
 from eightfold.data.arithmetic import first_wrong_step, generate_problems
 from eightfold.data.cache import load_or_build
 from eightfold.data.examples import Example
-from eightfold.generation import generate
+from eightfold.generation import encode_prompt, generate
 from eightfold.models import hf_causal_lm, run_device
-from eightfold.rollouts import NegativeValues, rollout_negatives
+from eightfold.rollouts import (
+    NegativeValues,
+    prefix_text,
+    rollout_negatives,
+    rollout_seed,
+    sample_continuations,
+)
 from eightfold.runfiles import weights_fingerprint
 from eightfold.verify import is_correct, split_steps
 
@@ -241,6 +248,7 @@ class PiSft:
         self.cache = cache_root(cfg)
         self.kind = data.kind
         self._samples: SampleSet | None = None
+        self.negatives_capped: int | None = None  # set by negatives()
         self._t0 = time.perf_counter()
 
     # -- samples -------------------------------------------------------------
@@ -296,13 +304,20 @@ class PiSft:
 
     # -- rollouts ------------------------------------------------------------
     def negatives(self) -> list[tuple[int, str]]:
+        """The selected negatives; ``self.negatives_capped`` counts those the opt-in
+        ``max_negatives`` cap dropped (reported in result.json when it binds)."""
         o = self.obj
-        return select_negatives(
+        uncapped = select_negatives(
+            self.samples(), o.get("negatives_per_problem"), None, int(self.cfg.seed)
+        )
+        chosen = select_negatives(
             self.samples(),
             o.get("negatives_per_problem"),
             o.get("max_negatives"),
             int(self.cfg.seed),
         )
+        self.negatives_capped = len(uncapped) - len(chosen)
+        return chosen
 
     def rollouts(self):
         """(list[NegativeValues], stats dict) of the selected negatives (cached)."""
@@ -361,6 +376,53 @@ class PiSft:
         stats["rollouts_cached"] = not built  # the time above is that of the pass that built them
         return items, stats
 
+    def confirm_pits(self, rows, n: int) -> tuple[Callable[[int, str], bool], dict]:
+        """A pit is confirmed when ``n`` more rollouts from the prefix that ends with the pit step
+        are all wrong (M rollouts can miss a recoverable step); returns the check step_pairs
+        uses, and counts. Seeded per (seed, prompt, prefix): the same on every run."""
+        examples = self.samples().examples
+        keys = sorted(
+            {
+                (neg.problem, prefix_text(neg.steps, pit + 1))
+                for neg, _v, pit, _e in rows
+                if pit is not None
+            }
+        )
+        dead: dict[tuple[int, str], bool] = {}
+        if keys:
+            ids = [
+                encode_prompt(self.tokenizer, examples[p].prompt)
+                + self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                for p, text in keys
+            ]
+            seeds = [
+                rollout_seed(int(self.cfg.seed), "confirm", examples[p].prompt, text)
+                for p, text in keys
+            ]
+            conts = sample_continuations(
+                self.model,
+                ids,
+                n,
+                int(self.obj.max_new_tokens),
+                eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id,
+                temperature=float(self.obj.rollout_temperature),
+                top_p=float(self.obj.rollout_top_p),
+                seeds=seeds,
+                batch_size=int(self.obj.rollout_batch_size),
+            )
+            for (p, text), samples in zip(keys, conts):
+                texts = self.tokenizer.batch_decode(samples, skip_special_tokens=True)
+                dead[(p, text)] = not any(
+                    is_correct(text + c, examples[p].answer, self.kind) for c in texts
+                )
+        stats = {
+            "pits_checked": len(dead),
+            "pits_confirmed": sum(dead.values()),
+            "confirm_rollouts": n,
+        }
+        return (lambda p, text: dead.get((p, text), False)), stats
+
     def release(self) -> None:
         """Free pi_sft once the data (and reference log-probs) are built."""
         self.model = None
@@ -376,5 +438,10 @@ class PiSft:
             "sampling_time_s": samples.time_s,
             "samples_cached": samples.time_s is None,
             "sft_run": self.dir.parent.name,
+            **(
+                {"negatives_capped": self.negatives_capped}
+                if self.negatives_capped is not None
+                else {}
+            ),
             "prepare_time_s": round(time.perf_counter() - self._t0, 3),
         }

@@ -163,13 +163,9 @@ def cached_reference_logps(
     return [(r["chosen"], r["rejected"]) for r in records], stats
 
 
-def plain_dpo_pairs(
-    samples, negatives: Sequence[tuple[int, str]], seed: int
-) -> tuple[list[PreferencePair], dict]:
-    """Standard DPO (paper §3.3): chosen = a correct self-sample of the same problem, rejected =
-    the whole negative; problems without a correct sample give no pair (no teacher fallback: it
-    would add teacher positives through the back door, docs/objectives.md#where-the-defaults-come-from)."""
-    rng = random.Random(f"dpo-pairs-{seed}")
+def correct_solutions(samples) -> dict[int, list[str]]:
+    """Problem index -> its unique correct self-samples (as step lists joined by newlines), in
+    sampling order; problems without one are absent."""
     positives: dict[int, list[str]] = {}
     for p, recs in samples.by_problem.items():
         uniq = list(
@@ -177,6 +173,17 @@ def plain_dpo_pairs(
         )
         if uniq:
             positives[p] = ["\n".join(u) for u in uniq]
+    return positives
+
+
+def plain_dpo_pairs(
+    samples, negatives: Sequence[tuple[int, str]], seed: int
+) -> tuple[list[PreferencePair], dict]:
+    """Standard DPO (paper §3.3): chosen = a correct self-sample of the same problem, rejected =
+    the whole negative; problems without a correct sample give no pair (no teacher fallback: it
+    would add teacher positives through the back door, docs/objectives.md#where-the-defaults-come-from)."""
+    rng = random.Random(f"dpo-pairs-{seed}")
+    positives = correct_solutions(samples)
     pairs, skipped, cursor = [], 0, {}
     for p, neg in negatives:
         if p not in positives:

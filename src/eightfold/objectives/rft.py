@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 
 from eightfold.config import FILTERS, INITS, POSITIVES
+from eightfold.objectives.base import step_budget
 from eightfold.objectives.sft import SFTModule
 from eightfold.verify import split_steps
 
@@ -101,10 +102,8 @@ class RFTModule(SFTModule):
         #    retrained with the SFT recipe's lr schedule and budget
         if o.init == "sft":
             self.model.load_state_dict(pi_sft.model.state_dict())
-            self.train_steps = int(o.steps)
         else:
             self.lr, self.warmup_steps = self.base_lr, self.base_warmup_steps
-            self.train_steps = None
         # 2. pi_sft's verified-correct samples, unique per problem, capped
         samples = pi_sft.samples()
         pi_sft.release()
@@ -125,13 +124,18 @@ class RFTModule(SFTModule):
             raise RuntimeError(
                 "rft: no training pairs (no correct self-generated sample and positives=self)"
             )
+        # 4. the budget: objective.steps (the same for the control), or trainer.max_steps (base)
+        self.train_steps, budget = step_budget(o, len(pairs), data.batch_size)
+        if o.init == "base":
+            self.train_steps = None
+            budget["objective_steps"] = None
         self._fields = {
+            **budget,
             **kstats,
             "rft_self_added": len(own) if o.positives != "teacher" else 0,
             "rft_train_pairs": len(pairs),
             "init": o.init,
             "positives_used": o.positives,
-            "objective_steps": self.train_steps,
             **pi_sft.stats(),
         }
         return data.with_train_pairs(pairs)

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from eightfold.config import PIT_RULES, REJECTED, VALUES
+from eightfold.config import CHOSEN_RULES, PAIR_FORMS, PIT_RULES, REJECTED, VALUES
 from eightfold.data.arithmetic import first_wrong_step
 from eightfold.objectives.preference import PreferencePair
 from eightfold.rollouts import NegativeValues, prefix_text
@@ -157,48 +157,103 @@ def pit_analysis(
     return rows, stats
 
 
-def step_pairs(rows, examples, rejected_mode: str, seed: int) -> tuple[list[PreferencePair], dict]:
+def shared_prefix_length(a: Sequence, b: Sequence) -> int:
+    """How many leading items (tokens) ``a`` and ``b`` have in common."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def step_pairs(
+    rows,
+    examples,
+    rejected_mode: str,
+    seed: int,
+    *,
+    chosen_rule: str = "random",
+    tokenize: Callable[[str], Sequence] = list,
+    pair_form: str = "shared_prefix",
+    positives: dict[int, list[str]] | None = None,
+    confirmed: Callable[[int, str], bool] | None = None,
+) -> tuple[list[PreferencePair], dict]:
+    """Preference pairs at the first pit of each negative (``rows`` from :func:`pit_analysis`).
+
+    1. skip a negative without a pit, or whose pit ``confirmed`` (extra rollouts after the pit
+       step) does not confirm;
+    2. the chosen side: ``shared_prefix`` form (Thm 6.1): a correct rollout continuation of the
+       prefix before the pit whose first step differs from the pit step; ``chosen_rule``
+       ``longest_prefix`` takes the one sharing the most tokens with the pit step, so the
+       contrast starts at the first wrong token (ties and ``random``: a seeded draw).
+       ``paper`` form (§4): a full correct solution of the problem (a correct self-sample from
+       ``positives``, else a correct rollout from the bare prompt), from the prompt;
+    3. the rejected side: the pit step (``rejected: pit``, no EOS unless it is the last step) or
+       the whole remainder (``rest``); in the paper form the negative's steps through the pit;
+    4. drop duplicates (the same problem and steps through the pit).
+    """
     if rejected_mode not in REJECTED_MODES:
         raise ValueError(
-            f"objective.rejected={rejected_mode!r} is not valid: expected one of {', '.join(REJECTED_MODES)}"
+            f"objective.rejected={rejected_mode!r} is not valid: expected one of"
+            f" {', '.join(REJECTED_MODES)}"
+        )
+    if chosen_rule not in CHOSEN_RULES or pair_form not in PAIR_FORMS:
+        raise ValueError(
+            f"chosen={chosen_rule!r} / pair_form={pair_form!r} is not valid: expected one of"
+            f" {', '.join(CHOSEN_RULES)} / {', '.join(PAIR_FORMS)}"
         )
     rng = random.Random(f"step-pairs-{seed}")
     pairs, seen = [], set()
-    no_pit = no_chosen = duplicate = 0
+    no_pit = no_chosen = duplicate = unconfirmed = 0
     for neg, _values, pit, _exact in rows:
         if pit is None:
             no_pit += 1
             continue
         steps = neg.steps
-        # correct continuations of the prefix before the pit whose first step is not the pit step
-        options = [
-            c
-            for c in (neg.correct[pit] if pit < len(neg.correct) else [])
-            if (split_steps(c) or [""])[0] != steps[pit]
-        ]
+        if confirmed is not None and not confirmed(neg.problem, prefix_text(steps, pit + 1)):
+            unconfirmed += 1
+            continue
+        last = pit == len(steps) - 1
+        if pair_form == "paper":
+            prefix = ""
+            options = (positives or {}).get(neg.problem) or (neg.correct[0] if neg.correct else [])
+            rejected, rejected_eos = join_steps(steps[: pit + 1]) + ("" if last else "\n"), last
+            key = (neg.problem, pit, tuple(steps[: pit + 1]))
+        else:
+            prefix = prefix_text(steps, pit)
+            # correct continuations of the prefix before the pit whose first step is not the pit
+            options = [
+                c
+                for c in (neg.correct[pit] if pit < len(neg.correct) else [])
+                if (split_steps(c) or [""])[0] != steps[pit]
+            ]
+            if rejected_mode == "pit":
+                rejected, rejected_eos = steps[pit] + ("" if last else "\n"), last
+            else:
+                rejected, rejected_eos = join_steps(steps[pit:]), True
+            key = (
+                neg.problem,
+                pit,
+                tuple(steps[: pit + 1]) if rejected_mode == "pit" else tuple(steps),
+            )
         if not options:
             no_chosen += 1
             continue
-        last = pit == len(steps) - 1
-        if rejected_mode == "pit":
-            rejected, rejected_eos = steps[pit] + ("" if last else "\n"), last
-        else:
-            rejected, rejected_eos = join_steps(steps[pit:]), True
-        key = (
-            neg.problem,
-            pit,
-            tuple(steps[: pit + 1]) if rejected_mode == "pit" else tuple(steps),
-        )
         if key in seen:
             duplicate += 1
             continue
         seen.add(key)
+        if chosen_rule == "longest_prefix" and pair_form == "shared_prefix":
+            pit_tokens = tokenize(steps[pit])
+            lengths = [shared_prefix_length(tokenize(c), pit_tokens) for c in options]
+            options = [c for c, n in zip(options, lengths) if n == max(lengths)]
         ex = examples[neg.problem]
         pairs.append(
             PreferencePair(
                 neg.problem,
                 ex.prompt,
-                prefix_text(steps, pit),
+                prefix,
                 rng.choice(options),
                 rejected,
                 chosen_eos=True,
@@ -209,5 +264,8 @@ def step_pairs(rows, examples, rejected_mode: str, seed: int) -> tuple[list[Pref
     return pairs, {
         "pairs_skipped_no_pit": no_pit,
         "pairs_skipped_no_chosen": no_chosen,
+        "pairs_skipped_unconfirmed": unconfirmed,
         "pairs_duplicate": duplicate,
+        "pair_form": pair_form,
+        "chosen_rule": chosen_rule,
     }
