@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import collect as col
+from . import paired as pr
 from .common import AnalysisError, write_json
 from .fit import fit_table
 from .plot import plot_all
@@ -56,6 +57,18 @@ def _fit(rows: list[dict], a: argparse.Namespace, source: str) -> dict:
         )
     if not 0 < a.error_floor < 1:
         raise AnalysisError(f"--error-floor must be in (0, 1); got {a.error_floor}")
+    # Runs that did not train (paired.trained) are left out of the fits: no multiplier from them.
+    rows, flagged = pr.split_trained(rows, a.min_steps, a.min_pairs)
+    for f in flagged:
+        _warn(pr.describe_flag(f) + "; left out of the fits")
+    if not any(r["objective"] == a.baseline for r in rows) and any(
+        f["objective"] == a.baseline for f in flagged
+    ):
+        raise AnalysisError(
+            f"baseline objective '{a.baseline}': none of its runs trained (see the warnings "
+            f"above; --min-steps {a.min_steps}, --min-pairs {a.min_pairs}), so nothing is "
+            f"compared with it"
+        )
     fits = fit_table(
         rows,
         baseline=a.baseline,
@@ -66,6 +79,7 @@ def _fit(rows: list[dict], a: argparse.Namespace, source: str) -> dict:
         error_floor=a.error_floor,
         source_path=source,
     )
+    pr.mark_untrained(fits, flagged, a.min_steps, a.min_pairs)
     for k, m in fits["methods"].items():
         if m.get("fit_error"):
             _warn(f"{k} not fitted: {m['fit_error']}")
@@ -74,6 +88,11 @@ def _fit(rows: list[dict], a: argparse.Namespace, source: str) -> dict:
                 f"{k}: {m['n_floored']} run(s) with test_error 0 floored at {a.error_floor} for the log-space fit"
             )
     return fits
+
+
+def _plot_rows(rows: list[dict], a: argparse.Namespace) -> list[dict]:
+    """The runs the plots draw: those that trained, like the fits (all of them if none did)."""
+    return pr.split_trained(rows, a.min_steps, a.min_pairs)[0] or rows
 
 
 def _load_fits(path: str) -> dict:
@@ -112,7 +131,7 @@ def cmd_plot(a: argparse.Namespace) -> int:
         except AnalysisError as e:  # the points are still worth plotting
             _warn(f"plotting points without fitted curves: {e}")
             fits = None
-    for p in plot_all(rows, fits, a.out):
+    for p in plot_all(_plot_rows(rows, a), fits, a.out):
         print(p)
     return 0
 
@@ -138,6 +157,10 @@ def _report(a: argparse.Namespace, require_root: bool) -> int:
         if side.is_file():
             problems = json.loads(side.read_text()).get("problems")
     rows = col.read_results(csv_path)
+    paired = pr.compare_all(
+        rows, a.baseline, a.n_boot, a.seed, a.ci, a.min_steps, a.min_pairs, str(csv_path)
+    )
+    write_json(out / "paired.json", paired)
     fit_error = None
     if getattr(a, "fits", None):
         fits = _load_fits(a.fits)
@@ -147,8 +170,8 @@ def _report(a: argparse.Namespace, require_root: bool) -> int:
             write_json(out / "fits.json", fits)
         except AnalysisError as e:
             fits, fit_error = None, str(e)
-    plots = plot_all(rows, fits, out)
-    path = write_report(out, rows, fits, plots, problems, fit_error, str(src))
+    plots = plot_all(_plot_rows(rows, a), fits, out)
+    path = write_report(out, rows, fits, plots, problems, fit_error, str(src), paired=paired)
     print(path)
     if fit_error:
         # Collect, plots and report were still written; the fit itself is what failed.
@@ -178,6 +201,19 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
         default=1e-3,
         help="test_error 0 is replaced by this before taking logs (default: 1e-3)",
     )
+    g = p.add_argument_group("runs that did not train (left out of fits and paired tests)")
+    g.add_argument(
+        "--min-steps",
+        type=int,
+        default=100,
+        help="flag a run on pi_sft that took fewer optimizer steps (default: 100; 0 = never)",
+    )
+    g.add_argument(
+        "--min-pairs",
+        type=int,
+        default=100,
+        help="flag a run on pi_sft that trained on fewer pairs/items (default: 100; 0 = never)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     _fit_options(s)
     s.set_defaults(func=cmd_plot)
 
-    s = sub.add_parser("report", help="sweep root or results.csv -> DIR/report.md (+ fits, plots)")
+    s = sub.add_parser(
+        "report", help="sweep root or results.csv -> DIR/report.md (+ fits, paired tests, plots)"
+    )
     s.add_argument("input")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--fits", help="fits.json from `fit` (default: fit now)")

@@ -3,6 +3,14 @@
 A run directory holds config.yaml (written at start) and then either result.json (finished)
 or failed.json (crashed). config.yaml alone means the run is still going or was killed.
 Nothing is dropped silently: every run that is not a clean row ends up in `problems`.
+
+Per-problem test outcomes (result.json's ``test_outcomes``, one "0"/"1" per test problem) go to
+a sidecar, ``results.csv.outcomes.json`` ({run_dir: outcomes}), not to a results.csv column: a
+string of 500-2000 digits makes every row of the table unreadable in a viewer, and spreadsheets
+and pandas read a column of digit strings as numbers, dropping the leading zeros (or overflowing)
+and with them the problem order the paired tests rely on. JSON keeps them strings. results.csv
+keeps ``run_dir``, the sidecar's key, and ``read_results`` attaches the outcomes back to each row
+(a ``test_outcomes`` column, e.g. from an older collect, is read too).
 """
 
 from __future__ import annotations
@@ -36,6 +44,12 @@ COLUMNS = (
 )
 # What fit/plot/report need; test_error may instead be derived from test_accuracy.
 REQUIRED = ("objective", "source", "n", "seed", "test_error")
+OUTCOMES = "test_outcomes"  # kept in the sidecar results.csv.outcomes.json (module docstring)
+# Optional result.json fields read_results types and keeps: the training budget of an objective
+# on pi_sft (paired.trained flags runs that did not train) and its last-epoch preference metrics.
+RUN_INTS = ("train_steps", "objective_steps", "budget_items")
+RUN_FLOATS = ("budget_epochs", "logratio_gap_last_epoch", "reward_accuracy_last_epoch")
+RUN_BOOLS = ("budget_too_few_pairs",)
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -169,6 +183,8 @@ def write_results(
 ) -> Path:
     """Write results.csv and its sidecar <out>.problems.json (always, even when there are none)."""
     out = Path(out)
+    outcomes = {str(r["run_dir"]): r[OUTCOMES] for r in rows if r.get(OUTCOMES)}
+    rows = [{k: v for k, v in r.items() if k != OUTCOMES} for r in rows]
     extras = sorted({k for r in rows for k in r} - set(COLUMNS))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=[*COLUMNS, *extras], lineterminator="\n")
@@ -188,11 +204,74 @@ def write_results(
             "problems": problems,
         },
     )
+    # Always written (even empty), so a stale sidecar of an earlier collect never lingers.
+    write_json(
+        outcomes_path(out),
+        {"schema": "eightfold.outcomes/1", "key": "run_dir", "outcomes": outcomes},
+    )
     return out
 
 
 def problems_path(results_csv: str | Path) -> Path:
     return Path(str(results_csv) + ".problems.json")
+
+
+def outcomes_path(results_csv: str | Path) -> Path:
+    return Path(str(results_csv) + ".outcomes.json")
+
+
+def _read_outcomes(path: Path) -> dict[str, str]:
+    """run_dir -> test_outcomes from the sidecar of results.csv ({} when there is none)."""
+    side = outcomes_path(path)
+    if not side.is_file():
+        return {}
+    try:
+        obj = _read_json(side)
+    except (OSError, ValueError) as e:
+        raise AnalysisError(
+            f"cannot read {side}: {e} (rewrite it with: eightfold-analyze collect)"
+        ) from None
+    out = obj.get("outcomes")
+    if not isinstance(out, dict) or not all(isinstance(v, str) for v in out.values()):
+        raise AnalysisError(
+            f'{side} is not an outcomes sidecar ({{"outcomes": {{run_dir: "0101..."}}}}); '
+            f"rewrite it with: eightfold-analyze collect"
+        )
+    return out
+
+
+def _run_fields(r: dict, where: str, side: dict[str, str]) -> dict:
+    """The optional per-run fields of a results.csv row, typed; empty cells are left out."""
+    out: dict = {}
+    run_dir = (r.get("run_dir") or "").strip()
+    if run_dir:
+        out["run_dir"] = run_dir
+    for c in (*RUN_INTS, *RUN_FLOATS, *RUN_BOOLS):
+        v = (r.get(c) or "").strip()
+        if not v:
+            continue
+        if c in RUN_BOOLS:
+            if v.lower() not in ("true", "false", "1", "0"):
+                raise AnalysisError(f"{where}: {c}={v!r} is not true/false")
+            out[c] = v.lower() in ("true", "1")
+            continue
+        try:
+            x = float(v)
+        except ValueError:
+            x = math.nan
+        if not math.isfinite(x) or (c in RUN_INTS and (x != int(x) or x < 0)):
+            kind = "a non-negative integer" if c in RUN_INTS else "a finite number"
+            raise AnalysisError(f"{where}: {c}={v!r} is not {kind}")
+        out[c] = int(x) if c in RUN_INTS else x
+    o = (r.get(OUTCOMES) or "").strip() or side.get(run_dir, "")
+    if o:
+        if o.strip("01"):
+            raise AnalysisError(
+                f"{where}: test_outcomes of {run_dir or 'this run'} is not a string of 0/1 "
+                f"(one per test problem)"
+            )
+        out[OUTCOMES] = o
+    return out
 
 
 def _parse_int(s: str) -> int | None:
@@ -204,7 +283,8 @@ def _parse_int(s: str) -> int | None:
 
 
 def read_results(path: str | Path) -> list[dict]:
-    """Read and validate results.csv into typed rows {objective, source, n:int, seed, test_error:float}."""
+    """Read and validate results.csv into typed rows {objective, source, n:int, seed, test_error:float},
+    plus run_dir, the budget fields and test_outcomes (from the sidecar) where a run has them."""
     path = Path(path)
     if not path.is_file():
         raise AnalysisError(
@@ -225,6 +305,7 @@ def read_results(path: str | Path) -> list[dict]:
         )
     if not raw:
         raise AnalysisError(f"{path} has no rows: no finished runs to analyse")
+    side = _read_outcomes(path)
     rows = []
     for i, r in enumerate(raw, start=2):  # line 1 is the header
         where = f"{path} line {i}"
@@ -255,6 +336,7 @@ def read_results(path: str | Path) -> list[dict]:
                 "n": n,
                 "seed": int(seed) if _parse_int(seed) is not None and "." not in seed else seed,
                 "test_error": err,
+                **_run_fields(r, where, side),
             }
         )
     return rows

@@ -59,6 +59,141 @@ def accuracy_tables(rows: list[dict]) -> list[str]:
     return out
 
 
+def _signed(x) -> str:
+    return "—" if x is None else f"{x:+.3f}"
+
+
+def _examples(items: list[dict], k: int = 6) -> str:
+    ids = [f"{f['objective']}/{f['source']} n={f['n']} seed={f['seed']}" for f in items[:k]]
+    return "; ".join(ids) + (f"; … {len(items) - k} more" if len(items) > k else "")
+
+
+def flag_section(paired: dict) -> list[str]:
+    """Runs on pi_sft that did not train (paired.trained): which, and why."""
+    flagged, ms, mp = paired["not_trained"], paired["min_steps"], paired["min_pairs"]
+    L = [f"## Runs that did not train ({len(flagged)})", ""]
+    rule = (
+        f"fewer than {ms} optimizer steps (--min-steps), fewer than {mp} pairs/items "
+        "(--min-pairs), or too few pairs for the step budget (more passes over them than "
+        "objective.max_epochs)"
+    )
+    if not flagged:
+        return L + [f"None: no run on pi_sft trained on {rule}.", ""]
+    L += [
+        f"A run on pi_sft is flagged when it trained on {rule}. Flagged runs are left out of the "
+        "fits, the multipliers and the paired tests; their accuracies stay in the table above.",
+        "",
+    ]
+    body = [
+        [
+            str(f["objective"]),
+            str(f["source"]),
+            str(f["n"]),
+            str(f["seed"]),
+            "—" if f.get("train_steps") is None else str(f["train_steps"]),
+            "—" if f.get("budget_items") is None else str(f["budget_items"]),
+            fmt(f.get("budget_epochs")),
+            f["reason"],
+        ]
+        for f in flagged
+    ]
+    return (
+        L
+        + _table(
+            ["objective", "source", "n", "seed", "steps", "pairs/items", "passes", "why"], body
+        )
+        + [""]
+    )
+
+
+def paired_section(paired: dict) -> list[str]:
+    """Objective vs matched control and vs the baseline on the same test problems, per n."""
+    L = ["## Paired tests at equal n", ""]
+    comps, base = paired["comparisons"], paired["baseline"]
+    done = [c for c in comps if c.get("n_seeds")]
+    skipped = paired["skipped"]
+    if not done:
+        if any("test_outcomes" in s["reason"] for s in skipped):
+            why = "no two comparable runs have per-problem test outcomes (test_outcomes in result.json)"
+        elif comps:
+            why = "no objective shares a seed that trained with its control or with " + base
+        else:
+            why = f"no objective ran at the same source and n as its matched control or {base}"
+        L += [f"No paired tests: {why}.", ""]
+    else:
+        boot = (
+            f"{paired['ci_level']:.0%} paired bootstrap over test problems within each seed "
+            f"({paired['n_boot']} resamples, seed {paired['seed']})"
+            if paired["n_boot"]
+            else "no intervals (--n-boot 0)"
+        )
+        L += [
+            "Each objective against its matched control and against "
+            f"{base}, on the same test problems and seeds. Δ = accuracy(objective) − "
+            f"accuracy(reference), the mean over seeds; interval: {boot}. McNemar: exact "
+            "two-sided p on the discordant problems summed over seeds; +/− = problems only the "
+            "objective / only the reference got right. Runs that did not train are left out.",
+            "",
+        ]
+        cells = sorted({(str(c["source"]), c["n"]) for c in done}, key=lambda x: (x[0], x[1]))
+        for src, n in cells:
+            body = []
+            for c in done:
+                if (str(c["source"]), c["n"]) != (src, n):
+                    continue
+                ci = (
+                    f" [{_signed(c['diff_low'])}, {_signed(c['diff_high'])}]"
+                    if c.get("diff_low") is not None
+                    else ""
+                )
+                body.append(
+                    [
+                        c["objective"],
+                        f"{c['reference']} ({c['kind']})",
+                        f"{c['accuracy']:.3f} vs {c['reference_accuracy']:.3f}",
+                        _signed(c["diff"]) + ci,
+                        fmt(c["p_mcnemar"], 2),
+                        f"+{c['objective_only']} / −{c['reference_only']}",
+                        f"{c['n_seeds']} ({c['n_problems']} problems)",
+                        "; ".join(c["notes"]),
+                    ]
+                )
+            L += [f"**source: {src}, n = {n}**", ""]
+            L += _table(
+                [
+                    "objective",
+                    "vs",
+                    "accuracy",
+                    "Δ accuracy [CI]",
+                    "McNemar p",
+                    "+ / −",
+                    "seeds",
+                    "notes",
+                ],
+                body,
+            ) + [""]
+        # Pairs with nothing to compare, one line per pair and reason over all sizes.
+        missing: dict[tuple, list] = {}
+        for c in comps:
+            if not c.get("n_seeds"):
+                why = sorted({x.split(": ", 1)[-1] for x in c["notes"]}) or ["no seeds"]
+                key = (str(c["source"]), c["objective"], c["reference"], "; ".join(why))
+                missing.setdefault(key, []).append(c["n"])
+        if missing:
+            L += ["Pairs with no seed to compare:", ""]
+            L += [
+                f"- {src}: {obj} vs {ref} at n = {', '.join(map(str, ns))}: {why}"
+                for (src, obj, ref, why), ns in missing.items()
+            ] + [""]
+    if skipped:
+        by: dict[str, list[dict]] = {}
+        for s in skipped:
+            by.setdefault(s["reason"], []).append(s)
+        L += ["Runs not in the paired tests (details in paired.json):", ""]
+        L += [f"- {why}: {len(ss)} run(s): {_examples(ss)}" for why, ss in by.items()] + [""]
+    return L
+
+
 def write_report(
     out_dir: str | Path,
     rows: list[dict],
@@ -67,6 +202,7 @@ def write_report(
     problems: list[dict] | None = None,
     fit_error: str | None = None,
     input_desc: str = "",
+    paired: dict | None = None,
 ) -> Path:
     out_dir = Path(out_dir)
     L = ["# eightfold analysis report", ""]
@@ -76,6 +212,8 @@ def write_report(
         L += [f"## Runs not in the table ({len(problems)})", ""]
         L += [f"- {describe_problem(p)}" for p in problems] + [""]
     L += ["## Test accuracy", ""] + accuracy_tables(rows)
+    if paired is not None:
+        L += flag_section(paired) + paired_section(paired)
 
     L += ["## Fits", ""]
     if fits is None:
@@ -118,8 +256,14 @@ def write_report(
         for k, m in fits["methods"].items():
             if m.get("is_baseline"):
                 continue
+            left_out = (
+                f"{m['n_not_trained']} run(s) that did not train left out"
+                if m.get("n_not_trained") and m.get("n_runs")
+                else ""
+            )
             if m.get("multiplier") is None and not m.get("multiplier_unreachable"):
-                body.append([k, "—", "—", "—", m.get("multiplier_note", "")])
+                note = "; ".join(x for x in (m.get("multiplier_note", ""), left_out) if x)
+                body.append([k, "—", "—", "—", note])
                 continue
             flags = [
                 f
@@ -130,6 +274,8 @@ def write_report(
                 if on
             ]
             flags.append(f"basis: {m.get('multiplier_basis')}")
+            if left_out:
+                flags.append(left_out)
             pl = m.get("power_law", {})
             k_txt = (
                 "∞ (baseline never reaches it)"

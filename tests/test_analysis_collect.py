@@ -116,13 +116,14 @@ def test_collect_cli_writes_csv_sidecar_and_lists_problems(sweep, tmp_path, caps
     assert not [
         p for p in out.parent.iterdir() if p.name.endswith(".tmp")
     ]  # atomic writes cleaned up
-    rows = C.read_results(out)  # round trip into typed rows
+    rows = C.read_results(out)  # round trip into typed rows (+ run_dir, the outcomes' key)
     assert rows[0] == {
         "objective": "rft",
         "source": "procedural",
         "n": 100,
         "seed": 0,
         "test_error": 0.3,
+        "run_dir": "/x/rft-100-0",
     }
 
 
