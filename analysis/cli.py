@@ -6,7 +6,9 @@ Input problems (AnalysisError) print one line "eightfold-analyze: error: ..." an
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -48,6 +50,40 @@ def _collect(root: str, out: Path) -> tuple[list[dict], list[dict]]:
     return rows, problems
 
 
+def _raw_rows(csv_path: str | Path) -> list[dict]:
+    """results.csv as plain dicts, every column (read_results keeps only what the fits need)."""
+    with open(csv_path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _metric_rows(rows: list[dict], csv_path: str | Path, metric: str) -> list[dict]:
+    """``rows`` with ``test_error`` set to the error of ``metric``: 1 - accuracy (the default) or
+    1 - pass@k. Runs without that metric (pass@k was off for them) are left out, with a note."""
+    if metric in ("test_error", "test_accuracy"):
+        return rows
+    if not re.fullmatch(r"test_pass@[1-9]\d*", metric):
+        raise AnalysisError(
+            f"--metric {metric!r} is not valid: expected test_error (1 - greedy accuracy, the"
+            " default) or test_pass@K with a K the runs measured, e.g. --metric test_pass@5"
+        )
+    raw = _raw_rows(csv_path)
+    have = sorted({k for r in raw for k in r if k.startswith("test_pass@") and r[k]})
+    if metric not in have:
+        raise AnalysisError(
+            f"--metric {metric}: no run in {csv_path} has it; available: "
+            + ", ".join(["test_error", *have])
+            + " (runs measure pass@k with eval.pass_k set, e.g. eval.pass_k=[1,5])"
+        )
+    out = []
+    for row, r in zip(rows, raw, strict=True):  # read_results keeps the file's row order
+        value = col._finite01(r.get(metric))
+        if value is not None:
+            out.append({**row, "test_error": 1.0 - value})
+    if len(out) < len(rows):
+        _warn(f"{len(rows) - len(out)} run(s) without {metric} left out of the fit")
+    return out
+
+
 def _fit(rows: list[dict], a: argparse.Namespace, source: str) -> dict:
     if a.n_boot < 0:
         raise AnalysisError(f"--n-boot must be >= 0 (0 = no intervals); got {a.n_boot}")
@@ -78,6 +114,7 @@ def _fit(rows: list[dict], a: argparse.Namespace, source: str) -> dict:
         huber_delta=a.huber_delta,
         error_floor=a.error_floor,
         source_path=source,
+        metric=a.metric,
     )
     pr.mark_untrained(fits, flagged, a.min_steps, a.min_pairs)
     for k, m in fits["methods"].items():
@@ -115,14 +152,14 @@ def cmd_collect(a: argparse.Namespace) -> int:
 
 
 def cmd_fit(a: argparse.Namespace) -> int:
-    fits = _fit(col.read_results(a.results), a, a.results)
+    fits = _fit(_metric_rows(col.read_results(a.results), a.results, a.metric), a, a.results)
     write_json(a.output, fits)
     print(a.output)
     return 0
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
-    rows = col.read_results(a.results)
+    rows = _metric_rows(col.read_results(a.results), a.results, a.metric)
     if a.fits:
         fits = _load_fits(a.fits)
     else:
@@ -164,14 +201,19 @@ def _report(a: argparse.Namespace, require_root: bool) -> int:
     fit_error = None
     if getattr(a, "fits", None):
         fits = _load_fits(a.fits)
-    else:
+        a.metric = fits.get("metric", "test_error")
+    metric_rows = _metric_rows(rows, csv_path, a.metric)  # the greedy table keeps `rows`
+    if not getattr(a, "fits", None):
         try:
-            fits = _fit(rows, a, str(csv_path))
+            fits = _fit(metric_rows, a, str(csv_path))
             write_json(out / "fits.json", fits)
         except AnalysisError as e:
             fits, fit_error = None, str(e)
-    plots = plot_all(_plot_rows(rows, a), fits, out)
-    path = write_report(out, rows, fits, plots, problems, fit_error, str(src), paired=paired)
+    plots = plot_all(_plot_rows(metric_rows, a), fits, out)
+    raw = _raw_rows(csv_path)
+    path = write_report(
+        out, rows, fits, plots, problems, fit_error, str(src), paired=paired, raw_rows=raw
+    )
     print(path)
     if fit_error:
         # Collect, plots and report were still written; the fit itself is what failed.
@@ -194,6 +236,12 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="Huber threshold on log residuals (default: auto, 1.345 x MAD of a pilot fit)",
+    )
+    g.add_argument(
+        "--metric",
+        default="test_error",
+        help="what is fitted: test_error (1 - greedy accuracy, default) or test_pass@K"
+        " (fitted as its error 1 - pass@K), e.g. test_pass@5",
     )
     g.add_argument(
         "--error-floor",

@@ -567,6 +567,13 @@ CI_METHOD = {
 }
 
 
+def metric_error(metric: str) -> str:
+    """What is fitted for a metric, in words."""
+    if metric in ("test_error", "test_accuracy"):
+        return "test_error = 1 - test_accuracy (greedy)"
+    return f"1 - {metric}"
+
+
 def fit_table(
     rows: list[dict],
     baseline: str = "sft",
@@ -576,8 +583,12 @@ def fit_table(
     huber_delta: float | None = None,
     error_floor: float = 1e-3,
     source_path: str | None = None,
+    metric: str = "test_error",
 ) -> dict:
-    """Fit every (objective, source) in `rows` and compare each to `baseline`; returns fits.json content."""
+    """Fit every (objective, source) in `rows` and compare each to `baseline`; returns fits.json content.
+
+    ``rows[i]["test_error"]`` is the error of ``metric`` (1 - accuracy, or 1 - pass@k): the fit is
+    the same; the name is recorded so that fits.json and the report say what was fitted."""
     if not rows:
         raise AnalysisError("no finished runs to fit")
     objectives = sorted({r["objective"] for r in rows})
@@ -682,6 +693,8 @@ def fit_table(
         {
             "schema": "eightfold.fits/1",
             "input": source_path,
+            "metric": metric,
+            "error": metric_error(metric),
             "model": MODEL,
             "alternative": POWER_LAW,
             "baseline": baseline,

@@ -127,7 +127,8 @@ def scaling_plot(rows: list[dict], fits: dict | None, out_dir: Path) -> list[Pat
         if min(all_n) == max(all_n):  # a single size: centre it rather than autoscale to a decade
             ax.set_xlim(min(all_n) / 2, min(all_n) * 2)
         ax.set_xlabel("training examples n")
-        ax.set_ylabel("test error (1 − accuracy)")
+        metric = (fits or {}).get("metric", "test_error")  # eightfold-analyze --metric
+        ax.set_ylabel("test error (1 − accuracy)" if metric == "test_error" else f"1 − {metric}")
         ax.set_title(f"source: {src}")
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=8, loc="best")

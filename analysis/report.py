@@ -194,6 +194,49 @@ def paired_section(paired: dict) -> list[str]:
     return L
 
 
+def _pass_ks(raw_rows: list[dict]) -> list[str]:
+    """The test_pass@k columns that some run filled, by k."""
+    ks = {c for r in raw_rows for c, v in r.items() if c.startswith("test_pass@") and v}
+    return sorted(ks, key=lambda c: int(c.split("@")[1]))
+
+
+def pass_k_tables(raw_rows: list[dict]) -> list[str]:
+    """Mean pass@k per objective x n (runs with eval.pass_k set), one table per source and k."""
+    columns = _pass_ks(raw_rows)
+    if not columns:
+        return []
+    first = next(r for r in raw_rows if r.get(columns[0]) not in ("", None))
+    how = (
+        f"{first.get('pass_k_n', '?')} samples per test problem at temperature "
+        f"{first.get('pass_k_temperature', '?')}, top_p {first.get('pass_k_top_p', '?')}"
+    )
+    out = [
+        "## pass@k",
+        "",
+        f"Unbiased estimator 1 - C(n-c, k) / C(n, k) from {how}; mean over seeds (number of "
+        "seeds). Fit it with `--metric test_pass@K`.",
+        "",
+    ]
+    for src in sorted({r["source"] for r in raw_rows}):
+        rs = [r for r in raw_rows if r["source"] == src]
+        ns = sorted({int(float(r["n"])) for r in rs})
+        for c in columns:
+            body = []
+            for obj in sorted({r["objective"] for r in rs}):
+                cells = []
+                for n in ns:
+                    v = [
+                        float(r[c])
+                        for r in rs
+                        if r["objective"] == obj and int(float(r["n"])) == n and r.get(c)
+                    ]
+                    cells.append(f"{np.mean(v):.3f} ({len(v)})" if v else "")
+                body.append([obj, *cells])
+            out += [f"**source: {src}** — {c}", ""]
+            out += _table(["objective", *[f"n={n}" for n in ns]], body) + [""]
+    return out
+
+
 def write_report(
     out_dir: str | Path,
     rows: list[dict],
@@ -203,6 +246,7 @@ def write_report(
     fit_error: str | None = None,
     input_desc: str = "",
     paired: dict | None = None,
+    raw_rows: list[dict] | None = None,
 ) -> Path:
     out_dir = Path(out_dir)
     L = ["# eightfold analysis report", ""]
@@ -212,6 +256,7 @@ def write_report(
         L += [f"## Runs not in the table ({len(problems)})", ""]
         L += [f"- {describe_problem(p)}" for p in problems] + [""]
     L += ["## Test accuracy", ""] + accuracy_tables(rows)
+    L += pass_k_tables(raw_rows or [])
     if paired is not None:
         L += flag_section(paired) + paired_section(paired)
 
@@ -220,6 +265,7 @@ def write_report(
         L += [f"No fits: {fit_error or 'not computed'}.", ""]
     else:
         L += [
+            f"Fitted: {fits.get('error', 'test_error = 1 - test_accuracy (greedy)')}. "
             f"Model `{fits['model']}`, alternative `{fits['alternative']}`. "
             f"Intervals: {fits['ci_level']:.0%}, {fits['ci_method']} "
             f"({fits['n_boot']} resamples, seed {fits['seed']}).",

@@ -1,9 +1,12 @@
-"""Teachers: procedural (injected errors at known steps), hf (a tiny local model), openai (HTTP).
+"""Teachers: procedural (injected errors at known steps), hf (a tiny local model), openai (the
+official ``openai`` client).
 
 The openai teacher is tested against FakeChatAPI, a small HTTP server started by the test on
-127.0.0.1 that speaks the OpenAI /v1/chat/completions wire format. It stands in for a paid API
-(OpenAI, Gemini through a proxy, vLLM): no network, no key, no cost, and it can be told to
-rate-limit, fail, or die halfway through a generation.
+127.0.0.1 that speaks the OpenAI /v1/chat/completions wire format. It is the one stand-in in these
+tests, because a paid API (OpenAI, Gemini through a proxy, a hosted vLLM) cannot run here: no
+network, no key, no cost. The client, the retries and the threads under test are the real ones,
+and the server can be told to rate-limit, fail, stall past the timeout, or die halfway through a
+generation.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from eightfold.data.teachers import (
 )
 from eightfold.models import fingerprint_model, tiny_gpt
 from eightfold.verify import is_correct, split_steps
+from tests.conftest import REPO, run_cli
 
 DATA = Path(__file__).parent / "data"
 TASK = {"chains": 2, "steps": 2, "modulus": 7}
@@ -198,6 +202,7 @@ class FakeChatAPI:
     def __init__(self, reply: Callable[[str], str], key: str | None = "sk-test-secret"):
         self.reply, self.key = reply, key
         self.fail: Callable[[str, int], tuple[int, dict] | None] = lambda prompt, n: None
+        self.delay: Callable[[str, int], float] = lambda prompt, n: 0.0  # seconds before replying
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         api = self
@@ -215,6 +220,7 @@ class FakeChatAPI:
                     return self._send(404, {"error": "no such route"})
                 if api.key and self.headers.get("Authorization") != f"Bearer {api.key}":
                     return self._send(401, {"error": {"message": "invalid api key"}})
+                time.sleep(api.delay(prompt, n))
                 failure = api.fail(prompt, n)
                 if failure:
                     return self._send(
@@ -241,13 +247,16 @@ class FakeChatAPI:
 
             def _send(self, status, obj, headers=None):
                 data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
 
             def log_message(self, *args):  # keep test output clean
                 pass
@@ -339,6 +348,107 @@ def test_openai_teacher_gives_up_with_a_clear_error(api, monkeypatch):
     monkeypatch.delenv("EIGHTFOLD_TEST_KEY")
     with pytest.raises(TeacherError, match="EIGHTFOLD_TEST_KEY .* is not set"):
         list(make_teacher(_openai_cfg(api)).generate([Task(0, "q", "q")], seed=0))
+
+
+def test_openai_teacher_retries_a_500_then_succeeds(api):
+    first = next(iter(GSM))
+    api.fail = lambda prompt, n: (500, {}) if n == 0 else None
+    teacher = make_teacher(_openai_cfg(api))
+    out = list(teacher.generate([Task(0, first, first)], seed=0))
+    assert out[0][0]["text"] == GSM[first] and len(api.requests) == 2
+    assert teacher.stats == {"requests": 2, "retries": 1, "rate_limited": 0}
+
+
+def test_openai_teacher_retry_after_is_capped_by_backoff_max(api):
+    first = next(iter(GSM))
+    api.fail = lambda prompt, n: (429, {"Retry-After": "3600"}) if n == 0 else None
+    t0 = time.monotonic()
+    out = list(make_teacher(_openai_cfg(api)).generate([Task(0, first, first)], seed=0))
+    assert out[0][0]["text"] == GSM[first]
+    assert time.monotonic() - t0 < 5  # an hour asked, backoff_max_s=0.05 waited
+
+
+def test_openai_teacher_times_out_a_stalled_request_and_retries(api):
+    first = next(iter(GSM))
+    api.delay = lambda prompt, n: 3.0 if n == 0 else 0.0  # the first answer comes too late
+    teacher = make_teacher(_openai_cfg(api, timeout_s=0.5))
+    t0 = time.monotonic()
+    out = list(teacher.generate([Task(0, first, first)], seed=0))
+    assert out[0][0]["text"] == GSM[first] and teacher.stats["retries"] == 1
+    assert time.monotonic() - t0 < 2.5  # it did not wait for the stalled reply
+    api.delay = lambda prompt, n: 3.0
+    with pytest.raises(TeacherError, match=r"gave up after 2 attempts, .*Timeout"):
+        list(
+            make_teacher(_openai_cfg(api, timeout_s=0.3, max_retries=1)).generate(
+                [Task(1, "q", "q")], seed=0
+            )
+        )
+
+
+def test_openai_teacher_refused_connection_is_retried_then_reported(api):
+    import socket
+
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = {**_openai_cfg(api, max_retries=2), "base_url": f"http://127.0.0.1:{port}/v1"}
+    teacher = make_teacher(cfg)
+    with pytest.raises(
+        TeacherError, match=r"task 0: gave up after 3 attempts, last error APIConnectionError"
+    ):
+        list(teacher.generate([Task(0, "q", "q")], seed=0))
+    assert teacher.stats["requests"] == 3 and teacher.stats["retries"] == 2
+
+
+def test_openai_teacher_without_auth_never_sends_the_environment_key(monkeypatch):
+    server = FakeChatAPI(lambda prompt: "#### 1", key=None)
+    try:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-leave")  # the client's own default
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        teacher = make_teacher({**_openai_cfg(server), "api_key_env": None})
+        assert list(teacher.generate([Task(0, "q", "q")], seed=0)) == [
+            [{"text": "#### 1", "finish_reason": "stop"}]
+        ]
+        assert "sk-must-not-leave" not in str(server.requests)
+    finally:
+        server.close()
+
+
+def test_a_run_with_the_openai_teacher_never_writes_the_key(api, tmp_path):
+    """The whole app (a subprocess, Hydra's logs included) generates D_syn from the server, trains
+    and evaluates; then every file under paths.root is searched for the key."""
+    proc = run_cli(
+        [
+            "eightfold.train",
+            "experiment=smoke",
+            "data=teacher",
+            "data.source=gsm8k_teacher",
+            "data.kind=gsm8k",
+            f"data.train_file={DATA / 'gsm8k_train.jsonl'}",
+            f"data.test_file={DATA / 'gsm8k_test.jsonl'}",
+            "data.size=6",
+            "data.test_size=2",
+            "data.max_new_tokens=4",
+            "model.n_positions=1024",
+            "trainer.max_steps=2",
+            "teacher@data.teacher=openai",
+            f"data.teacher.base_url={api.url}",
+            "data.teacher.model=fake-gpt",
+            "data.teacher.api_key_env=EIGHTFOLD_TEST_KEY",
+            "data.teacher.mode=solve",
+            "data.teacher.prompt_template='{question}'",
+            "logger=many",
+            f"paths.root={tmp_path}",
+        ],
+        cwd=REPO,
+        env={"EIGHTFOLD_TEST_KEY": "sk-test-secret", "NO_PROXY": "127.0.0.1,localhost"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(api.requests) == 6 and {r["auth"] for r in api.requests} == {"Bearer sk-test-secret"}
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "result.json" for p in files) and len(files) > 10
+    assert [str(p) for p in files if b"sk-test-secret" in p.read_bytes()] == []
+    assert "sk-test-secret" not in proc.stdout + proc.stderr
 
 
 def test_retry_after_forms():

@@ -33,6 +33,21 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
+_PROGRESS = {"on": False}
+
+
+def show_progress(on: bool) -> None:
+    """Progress bars of the decoding loops (evaluation, pi_sft's samples, rollouts) for this
+    process; the app turns them on for a terminal unless ``trainer.enable_progress_bar=false``."""
+    _PROGRESS["on"] = bool(on)
+
+
+def progress_bar(iterable=None, *, desc: str, on: bool | None = None, **kwargs) -> tqdm:
+    """A tqdm bar that is shown only where progress bars are on (``on=None``: this process's setting)."""
+    show = _PROGRESS["on"] if on is None else on
+    return tqdm(iterable, desc=desc, disable=not show, leave=False, dynamic_ncols=True, **kwargs)
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -46,7 +61,8 @@ def generate(
     num_samples: int = 1,
     batch_size: int = 512,
     seed: int | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
+    desc: str | None = None,
 ) -> list[list[str]]:
     """``num_samples`` completions per prompt (text after the prompt, up to EOS).
 
@@ -64,7 +80,8 @@ def generate(
         if seed is not None:
             torch.manual_seed(seed)
         starts = range(0, len(encoded), per_batch)
-        for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
+        bar = progress_bar(starts, desc=desc or ("sample" if do_sample else "decode"), on=progress)
+        for start in bar:
             ids, mask = left_pad(encoded[start : start + per_batch], tokenizer.pad_token_id)
             # Never decode past the model's context (a tiny model's n_positions is small).
             limit = getattr(model.config, "max_position_embeddings", None)

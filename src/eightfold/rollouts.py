@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from eightfold.generation import encode_prompt, left_pad
+from eightfold.generation import encode_prompt, left_pad, progress_bar
 from eightfold.verify import is_correct, join_steps, split_steps
 
 log = logging.getLogger(__name__)
@@ -319,6 +319,8 @@ def rollout_negatives(
     if backend not in ("hf", "vllm"):
         raise ValueError(f"rollout backend {backend!r} is not valid: expected 'hf' or 'vllm'")
     engine = _VllmEngine(model_dir, seed) if backend == "vllm" and alive else None
+    # a count, not a bar: early stops make the total unknown
+    bar = progress_bar(desc="rollouts", unit="prefix")
     while alive:
         stats.rounds += 1
         need: dict[tuple[int, str], None] = {}
@@ -360,6 +362,7 @@ def rollout_negatives(
                 stats.rollouts += len(samples)
                 stats.tokens += sum(len(s) for s in samples)
             stats.prefixes += len(keys)
+            bar.update(len(keys))
         still = []
         for n in alive:
             count, flags, unique = scored[(n.problem, prefix_text(n.steps, len(n.counts)))]
@@ -370,6 +373,7 @@ def rollout_negatives(
             if not dead and len(n.counts) < len(n.steps):
                 still.append(n)
         alive = still
+    bar.close()
     stats.time_s = time.perf_counter() - t0
     return items, stats
 

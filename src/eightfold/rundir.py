@@ -50,12 +50,30 @@ def _drop(tree: dict, dotted: str) -> None:
     tree.pop(leaf, None)
 
 
+# Keys hashed only while they are on (``{switch: keys}``): pass@k changes result.json when it is
+# set (eval.pass_k=[1,5]); off (null, the default) it and its sampling settings leave the hash of
+# every greedy-only run where it was before they existed.
+HASH_WHEN_ON = {"eval.pass_k": ("eval.pass_k", "eval.sampling")}
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(part)
+    return tree
+
+
 def config_hash(cfg: DictConfig | dict, length: int = 10) -> str:
     """Hash of the result-determining part of ``cfg`` (resolved, excluded keys dropped)."""
     tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     tree = json.loads(json.dumps(tree, default=str))  # deep copy with plain types
     for key in HASH_EXCLUDE:
         _drop(tree, key)
+    for switch, keys in HASH_WHEN_ON.items():
+        if _get(tree, switch) is None:
+            for key in keys:
+                _drop(tree, key)
     blob = json.dumps(tree, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 

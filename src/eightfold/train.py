@@ -72,8 +72,17 @@ def _build_trainer(cfg: DictConfig, directory: Path, max_steps: int | None = Non
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from eightfold.checkpointing import AtomicCheckpointIO, ResumableCSVLogger
+    from eightfold.checkpointing import (
+        AtomicCheckpointIO,
+        RunInfo,
+        StepProgressBar,
+        checkpoint_step,
+        instantiate_loggers,
+        progress_wanted,
+        sweep_name,
+    )
 
+    progress = progress_wanted(cfg.trainer.get("enable_progress_bar", True))
     callbacks = [
         ModelCheckpoint(
             dirpath=directory / CHECKPOINTS,
@@ -84,6 +93,8 @@ def _build_trainer(cfg: DictConfig, directory: Path, max_steps: int | None = Non
             save_on_train_epoch_end=False,
         )
     ]
+    if progress:
+        callbacks.append(StepProgressBar())
     plugins = [AtomicCheckpointIO()]
     try:  # submitit owns SLURM requeue; Lightning must not install a second handler
         from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -92,16 +103,27 @@ def _build_trainer(cfg: DictConfig, directory: Path, max_steps: int | None = Non
             plugins.append(SLURMEnvironment(auto_requeue=False))
     except ImportError:  # pragma: no cover
         pass
-    # Flush metrics as often as checkpoints: a requeued run loses no rows before its checkpoint.
-    logger = ResumableCSVLogger(
-        directory, name="logs", version="", flush_logs_every_n_steps=cfg.checkpoint_every_n_steps
+    # The logger/ group (default csv: <run>/logs/metrics.csv); trackers are told the run's name,
+    # hash, sweep and resume step so that a requeued run continues the same tracker run.
+    info = RunInfo(
+        directory=directory,
+        config_hash=config_hash(cfg),
+        sweep=sweep_name(),
+        resumed_from_step=checkpoint_step(last_checkpoint(directory)),
+        params={
+            k: v
+            for k, v in OmegaConf.to_container(cfg, resolve=True, enum_to_str=True).items()
+            if k != "hydra"
+        },
     )
+    loggers = instantiate_loggers(cfg.get("logger"), info)
     budget = {} if max_steps is None else {"max_steps": int(max_steps)}  # the objective's own
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
         plugins=plugins,
-        logger=logger,
+        logger=loggers or False,
+        enable_progress_bar=progress,
         default_root_dir=directory,
         **budget,
     )
@@ -161,13 +183,15 @@ def run(cfg: DictConfig, wait: bool = False) -> dict:
 def _run_locked(cfg: DictConfig, directory: Path) -> dict:
     import lightning as L
 
+    from eightfold.checkpointing import close_trackers
     from eightfold.evaluate import evaluate
     from eightfold.models import apply_lora, merge_lora, run_device
     from eightfold.objectives import Objective
     from eightfold.objectives.pi_sft import PiSft
 
     t0 = time.perf_counter()
-    log.info("run dir: %s", directory)
+    _console(cfg)
+    log.info("run: %s", directory)
     write_atomic(directory / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     (directory / FAILED).unlink(missing_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -188,6 +212,13 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
         )
     apply_perf(cfg.perf, model, datamodule, module)
     data_time = time.perf_counter() - t0
+    log.info(
+        "data: %d train / %d test problems (%s) in %.1f s",
+        len(datamodule.train_examples),
+        len(datamodule.test_examples),
+        cfg.data.source,
+        data_time,
+    )
 
     # 2. pi_sft (trained first if needed), then the objective's own training data
     pi_sft = None
@@ -211,6 +242,14 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
     t_train = time.perf_counter()
     trainer.fit(module, datamodule=train_data, ckpt_path=str(resume) if resume else None)
     train_time = time.perf_counter() - t_train
+    log.info(
+        "train: %d steps on %s in %.1f s, loss %.3g -> %s",
+        trainer.global_step,
+        cfg.trainer.accelerator,
+        train_time,
+        float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        _outputs_line(directory, trainer),
+    )
 
     # 4. save, evaluate greedily on the test set, write result.json
     result: dict = {}
@@ -218,6 +257,7 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
         model = merge_lora(model)  # saved and evaluated as plain weights
         if cfg.save_model:
             save_model_atomic(model, tokenizer, directory / MODEL_DIR)
+            log.info("model: -> %s", directory / MODEL_DIR)
         model.to(run_device(cfg.trainer.accelerator))
         t_eval = time.perf_counter()
         metrics = evaluate(
@@ -227,8 +267,18 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
             datamodule.kind,
             max_new_tokens=datamodule.max_new_tokens,
             batch_size=cfg.eval.batch_size,
+            pass_k=list(cfg.eval.get("pass_k") or []),
+            sampling=OmegaConf.to_container(cfg.eval.get("sampling") or {}),
+            seed=int(cfg.seed),
         )
         eval_time = time.perf_counter() - t_eval
+        log.info(
+            "eval: test accuracy %.3f%s on %d problems in %.1f s",
+            metrics["test_accuracy"],
+            "".join(f", {k} {v:.3f}" for k, v in metrics.items() if k.startswith("test_pass@")),
+            metrics["test_size"],
+            eval_time,
+        )
         result = {
             "objective": cfg.objective.name,
             "source": cfg.data.source,
@@ -259,10 +309,9 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
             **module.result_fields(),
         }
         write_json_atomic(directory / RESULT, result)
+        close_trackers(trainer.loggers, result, trainer.global_step)
         log.info(
-            "test accuracy %.3f (n=%s, %s) in %.1f s -> %s",
-            result["test_accuracy"],
-            cfg.data.size,
+            "result: %s in %.1f s -> %s",
             cfg.objective.name,
             result["wall_time_s"],
             directory / RESULT,
@@ -380,6 +429,26 @@ def ensure_sft_model(cfg: DictConfig) -> Path:
                 f"the SFT run {directory} finished without a saved model (save_model=false?)"
             )
     return directory / MODEL_DIR
+
+
+def _console(cfg: DictConfig) -> bool:
+    """Progress bars on for a terminal (unless trainer.enable_progress_bar=false), and none of the
+    third-party lines a user cannot act on (eightfold.checkpointing.quiet_console)."""
+    from eightfold.checkpointing import progress_wanted, quiet_console
+    from eightfold.generation import show_progress
+
+    progress = progress_wanted(cfg.trainer.get("enable_progress_bar", True))
+    quiet_console()
+    show_progress(progress)
+    return progress
+
+
+def _outputs_line(directory: Path, trainer) -> str:
+    """Where the train stage wrote: the checkpoint, then each logger's file, folder or run."""
+    from eightfold.checkpointing import logger_place
+
+    places = [f"{CHECKPOINTS}/last.ckpt"] + [logger_place(x, directory) for x in trainer.loggers]
+    return ", ".join(places)
 
 
 def _quiet_duplicate_lightning_logs() -> None:

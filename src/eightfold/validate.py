@@ -5,6 +5,8 @@ Every message names the bad value and says what would be valid.
 
 from __future__ import annotations
 
+import importlib.util
+
 from omegaconf import DictConfig, OmegaConf
 
 from eightfold.config import ConfigError
@@ -36,6 +38,7 @@ def validate_config(cfg: DictConfig) -> None:
     for key, example in (("logits_chunk_size", "4096"), ("pack_length", "4096")):
         if perf.get(key) is not None:  # checked here, so a sweep rejects it before submitting
             _positive_int(perf[key], f"perf.{key}", example)
+    _check_outputs(cfg)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed!r} is not valid: expected an integer, e.g. seed=0")
     if data.source == "self":  # self-generated data needs pi_sft: it is an objective, not a file
@@ -76,6 +79,88 @@ def validate_config(cfg: DictConfig) -> None:
                 f" modulus={modulus} give {available} distinct problems outside the test set;"
                 f" use data.size<={available} or raise data.task.steps / data.task.chains"
             )
+
+
+# logger/ entries whose tracker needs a package: `_target_` -> (modules, the extra that installs it)
+TRACKER_PACKAGES = {
+    "eightfold.checkpointing.tensorboard_logger": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "eightfold.checkpointing.wandb_logger": (("wandb",), "wandb"),
+    "eightfold.checkpointing.mlflow_logger": (("mlflow",), "mlflow"),
+}
+
+
+def check_loggers(cfg) -> list[str]:
+    """The ``logger`` group's entries (none imported: a tracker import takes seconds): each has a
+    ``_target_`` and the package its tracker needs is installed. Returns the entry names."""
+    if cfg is None:
+        return []
+    if not OmegaConf.is_dict(cfg) and not isinstance(cfg, dict):
+        raise ConfigError(
+            f"logger={cfg!r} is not valid: expected a logger config, e.g. logger=csv,"
+            " logger=tensorboard, logger=[csv,mlflow] or logger=many"
+        )
+    for name, entry in cfg.items():
+        target = entry.get("_target_") if hasattr(entry, "get") else None
+        if not target:
+            raise ConfigError(
+                f"logger.{name}={entry!r} is not valid: expected an entry with a _target_"
+                " (conf/logger/*.yaml)"
+            )
+        modules, extra = TRACKER_PACKAGES.get(target, ((), None))
+        if modules and not any(_installed(m) for m in modules):
+            raise ConfigError(
+                f"logger.{name} needs the {modules[0]} package, which is not installed:"
+                f" pip install 'eightfold[{extra}]'"
+            )
+    return list(cfg)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_pass_k(eval_cfg) -> list[int]:
+    """``eval.pass_k`` (null, k or a list of k) and its sampling settings; returns the ks."""
+    if eval_cfg is None or eval_cfg.get("pass_k") is None:
+        return []
+    raw = eval_cfg.pass_k
+    ks = list(raw) if OmegaConf.is_list(raw) or isinstance(raw, (list, tuple)) else [raw]
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k <= 0 for k in ks):
+        raise ConfigError(
+            f"eval.pass_k={_plain(raw)!r} is not valid: expected null (off) or a list of positive"
+            " integers, e.g. eval.pass_k=[1,5]"
+        )
+    sampling = eval_cfg.get("sampling") or {}
+    n = _positive_int(sampling.get("n"), "eval.sampling.n", "16")
+    if max(ks) > n:
+        raise ConfigError(
+            f"eval.pass_k={_plain(raw)!r} is not valid with eval.sampling.n={n}: pass@k needs at"
+            f" least k samples per problem; use eval.sampling.n>={max(ks)}"
+        )
+    t = sampling.get("temperature")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
+        raise ConfigError(
+            f"eval.sampling.temperature={t!r} is not valid: expected a number >= 0 (0 = greedy)"
+        )
+    top_p = sampling.get("top_p")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ConfigError(
+            f"eval.sampling.top_p={top_p!r} is not valid: expected a number in (0, 1], e.g. 1.0"
+        )
+    return sorted(set(ks))
+
+
+def _plain(value):
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def _check_outputs(cfg: DictConfig) -> None:
+    """What a run writes besides its numbers: the trackers of logger/, the pass@k of eval/."""
+    check_loggers(cfg.get("logger"))
+    check_pass_k(cfg.get("eval"))
 
 
 def _check_objective(cfg: DictConfig) -> None:

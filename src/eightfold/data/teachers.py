@@ -7,9 +7,10 @@
     hf          any local transformers causal LM (a directory in save_pretrained format, e.g. an
                 SFT run's ``model/``), batched sampling through ``eightfold.generation.generate``.
     openai      any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, Gemini via a proxy,
-                vLLM). Stdlib HTTP + threads: retries with seeded exponential backoff and jitter,
-                Retry-After, a concurrency limit. The API key is read from the environment variable
-                named by ``api_key_env``; it is never a config value and never logged.
+                vLLM) through the official ``openai`` client, in threads: retries with seeded
+                exponential backoff and jitter, Retry-After, a concurrency limit, per-request
+                timeouts. The API key is read from the environment variable named by
+                ``api_key_env``; it is never a config value and never logged.
 
 A teacher maps a list of ``Task`` to one list of samples per task, yielded in task order, so the
 caller can append each result to a resumable file as soon as it exists. Every sample is a dict
@@ -24,15 +25,12 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import inspect
-import json
 import logging
 import os
 import random
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -365,14 +363,21 @@ def _mode(mode: str) -> str:
 
 
 # -----------------------------------------------------------------------------
-# openai-compatible HTTP
+# openai-compatible endpoints, through the official client
 
 
 RETRY_STATUS = (408, 409, 425, 429, 500, 502, 503, 504)
 
 
 class OpenAITeacher:
-    """``POST {base_url}/chat/completions`` with bounded concurrency, retries and ordered output."""
+    """Chat completions from any OpenAI-compatible endpoint through the official ``openai`` client
+    (``pip install 'eightfold[openai]'``): bounded concurrency, retries, ordered output.
+
+    The client does the HTTP (connection pool, per-request timeout, typed errors); eightfold keeps
+    the retry policy (``max_retries`` with exponential backoff and seeded jitter, Retry-After
+    honoured but capped at ``backoff_max_s``, a 429 pausing every worker) because it is part of the
+    config and of the run's statistics, so the client's own retries are off.
+    """
 
     name = "openai"
     aligned = False
@@ -420,10 +425,20 @@ class OpenAITeacher:
         )
         self.send_seed = bool(send_seed)
         self.concurrency = _positive(concurrency, "concurrency")
-        self.max_retries = int(max_retries)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(
+                f"data.teacher.max_retries={max_retries!r} is not valid: expected an integer >= 0"
+            )
+        self.max_retries = max_retries
         self.backoff_base_s, self.backoff_max_s = float(backoff_base_s), float(backoff_max_s)
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
+            raise ValueError(
+                f"data.teacher.timeout_s={timeout_s!r} is not valid: expected seconds > 0, e.g. 120"
+            )
         self.timeout_s = float(timeout_s)
         self.batch_size = _positive(batch_size, "batch_size")
+        self._client = None
+        self._client_lock = threading.Lock()
         self._pause_until = 0.0  # shared by all threads: a 429 slows every worker, not just one
         self._pause_lock = threading.Lock()
         self.stats = {"requests": 0, "retries": 0, "rate_limited": 0}
@@ -471,32 +486,24 @@ class OpenAITeacher:
         out: list[dict] = []
         attempt_seed = stable_int(seed, task.index)
         while len(out) < self.samples:  # some endpoints ignore n>1: ask again for the rest
-            reply = self._post(
-                self._body(task, self.samples - len(out), attempt_seed + len(out)), task.index
-            )
-            choices = reply.get("choices") if isinstance(reply, dict) else None
-            if not isinstance(choices, list) or not choices:
-                raise TeacherError(
-                    f"task {task.index}: reply has no 'choices': {str(reply)[:200]!r}"
-                )
-            for choice in choices[: self.samples - len(out)]:
-                content = (
-                    (choice.get("message") or {}).get("content")
-                    if isinstance(choice, dict)
-                    else None
-                )
+            request = self._request(task, self.samples - len(out), attempt_seed + len(out))
+            reply = self._create(request, task.index)
+            if not reply.choices:
+                raise TeacherError(f"task {task.index}: the reply has no choices: {reply!r:.200}")
+            for choice in reply.choices[: self.samples - len(out)]:
+                content = choice.message.content if choice.message is not None else None
                 out.append(
                     {
                         "text": content if isinstance(content, str) else "",
-                        "finish_reason": choice.get("finish_reason"),
+                        "finish_reason": choice.finish_reason,
                     }
                 )
         return out
 
-    def _body(self, task: Task, n: int, request_seed: int) -> dict:
+    def _request(self, task: Task, n: int, request_seed: int) -> dict:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages.append({"role": "user", "content": task.prompt})
-        body = {
+        request = {
             "model": self.model,
             "messages": messages,
             "temperature": self.temperature,
@@ -505,51 +512,66 @@ class OpenAITeacher:
             "n": n,
         }
         if self.send_seed:
-            body["seed"] = request_seed % 2**31
-        return body
+            request["seed"] = request_seed % 2**31
+        return request
 
-    def _post(self, body: dict, index: int) -> dict:
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key_env:
-            headers["Authorization"] = f"Bearer {self._api_key()}"
-        rng = random.Random(
-            f"backoff-{index}-{body.get('seed')}"
-        )  # seeded jitter, one stream per request
+    def client(self):
+        """The ``openai.OpenAI`` client, made at the first request (one for all threads)."""
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    import openai
+                except ImportError:
+                    raise TeacherError(
+                        "teacher@data.teacher=openai needs the openai package, which is not"
+                        " installed: pip install 'eightfold[openai]'"
+                    ) from None
+                self._client = openai.OpenAI(
+                    base_url=self.base_url,
+                    # A server without auth (api_key_env=null) still gets a placeholder, never
+                    # the OPENAI_API_KEY the client would otherwise read from the environment.
+                    api_key=self._api_key() if self.api_key_env else "none",
+                    timeout=self.timeout_s,
+                    max_retries=0,  # the loop in _create retries (see the class doc)
+                )
+            return self._client
+
+    def _create(self, request: dict, index: int):
+        import openai
+
+        client = self.client()
+        rng = random.Random(f"backoff-{index}-{request.get('seed')}")  # seeded jitter per request
         for attempt in range(self.max_retries + 1):
             self._wait_pause()
             self._count("requests")
-            request = urllib.request.Request(
-                f"{self.base_url}/chat/completions", data=data, headers=headers
-            )
             retry_after = None
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as err:
-                detail = err.read()[:200].decode("utf-8", "replace")
-                if err.code not in RETRY_STATUS:
+                return client.chat.completions.create(**request)
+            except openai.APIStatusError as err:
+                detail = (err.response.text or "")[:200]
+                if err.status_code not in RETRY_STATUS:
                     raise TeacherError(
-                        f"task {index}: HTTP {err.code} from {self.base_url}: {detail!r}"
+                        f"task {index}: HTTP {err.status_code} from {self.base_url}: {detail!r}"
                     ) from None
-                retry_after = _retry_after(err.headers)
-                if err.code == 429:
+                retry_after = _retry_after(err.response.headers)
+                if err.status_code == 429:
                     self._count("rate_limited")
-                problem = f"HTTP {err.code}"
-            except (
-                urllib.error.URLError,
-                OSError,
-                json.JSONDecodeError,
-            ) as err:  # refused, reset, timeout, bad body
+                problem = f"HTTP {err.status_code}"
+            except openai.APIConnectionError as err:  # refused, reset, timeout (a subclass)
+                cause = err.__cause__ or err
+                problem = f"{type(err).__name__}: {type(cause).__name__}: {cause}"
+            except openai.APIResponseValidationError as err:  # a 200 that is no chat completion
                 problem = f"{type(err).__name__}: {err}"
             if attempt == self.max_retries:
                 raise TeacherError(
                     f"task {index}: gave up after {attempt + 1} attempts, last error {problem}"
                 )
             cap = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
-            delay = retry_after if retry_after is not None else cap / 2 + rng.uniform(0, cap / 2)
             if retry_after is not None:
+                delay = min(retry_after, self.backoff_max_s)
                 self._pause(delay)
+            else:
+                delay = cap / 2 + rng.uniform(0, cap / 2)
             self._count("retries")
             log.warning(
                 "task %d: %s, retry %d/%d in %.2fs",
