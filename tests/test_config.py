@@ -375,8 +375,8 @@ TYPOS = [
         "objective.sample_prompts='test' is not valid: expected one of [train, pool]",
     ),
     (
-        ["objective=dpo", "objective.module.epochs=two"],
-        "objective.module.epochs='two' is not valid:",
+        ["objective=dpo", "objective.steps=two"],
+        "objective.steps='two' is not valid:",
     ),
 ]
 
