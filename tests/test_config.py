@@ -28,7 +28,7 @@ from eightfold.rundir import config_hash, run_dir
 from eightfold.train import CONF_DIR
 from eightfold.validate import ConfigError as ValidateConfigError
 from eightfold.validate import validate_config
-from tests.conftest import REPO, compose_cfg, run_cli
+from tests.helpers import REPO, compose_cfg, run_cli
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 OBJECTIVES = sorted(p.stem for p in (CONF_DIR / "objective").glob("*.yaml"))

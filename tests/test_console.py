@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from eightfold.checkpointing import progress_wanted, quiet_console
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 
 STAGES = ("run", "data", "train", "model", "eval", "result")
 NOISE = (

@@ -18,7 +18,7 @@ from eightfold.objectives.sft import SFTModule
 from eightfold.rundir import config_hash, run_dir
 from eightfold.train import run
 from eightfold.validate import check_loggers, validate_config
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 SWEEP = "loggers-test"
 CRASH_AT, CKPT = 25, 10  # killed at step 25, resumed from the checkpoint of step 20

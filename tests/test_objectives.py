@@ -15,7 +15,7 @@ import eightfold.objectives.preference as preference
 from eightfold.rundir import run_dir
 from eightfold.runfiles import RESULT
 from eightfold.train import run
-from tests.conftest import REPO, compose_cfg, run_cli
+from tests.helpers import REPO, compose_cfg, run_cli
 
 COMMON = {
     "objective",

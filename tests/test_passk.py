@@ -18,7 +18,7 @@ from eightfold.rundir import config_hash, run_dir
 from eightfold.train import run
 from eightfold.validate import validate_config
 from eightfold_analysis.cli import main as analyze
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 
 def _closed_form(n: int, c: int, k: int) -> float:

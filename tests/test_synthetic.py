@@ -16,7 +16,7 @@ from eightfold.data.examples import procedural_split
 from eightfold.data.seeds import Seed, procedural_stream
 from eightfold.data.synthetic import SOURCES, build_split, parse_rewrite, synthetic_dataset
 from eightfold.data.teachers import ProceduralTeacher
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 DATA = Path(__file__).parent / "data"
 TASK = {"chains": 2, "steps": 2, "modulus": 7}

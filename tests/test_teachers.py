@@ -39,7 +39,7 @@ from eightfold.data.teachers import (
 )
 from eightfold.models import fingerprint_model, tiny_gpt
 from eightfold.verify import is_correct, split_steps
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 
 DATA = Path(__file__).parent / "data"
 TASK = {"chains": 2, "steps": 2, "modulus": 7}

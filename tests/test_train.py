@@ -11,7 +11,7 @@ from eightfold.objectives.sft import SFTModule
 from eightfold.rundir import run_dir
 from eightfold.runfiles import FAILED, RESULT, last_checkpoint, read_result
 from eightfold.train import run
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 
 REQUIRED = {
     "objective",
