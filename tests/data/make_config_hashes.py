@@ -3,7 +3,9 @@ experiment x objective x data composition, and the run names of every sweep file
 
 Written once BEFORE the architecture move (issue 12) so the move can be checked against it:
     python tests/data/make_config_hashes.py
-Do not rerun it to make a failing test pass: a changed hash means every existing run directory
+It ran once, at commit 1132f58 (before the move): it imports the sweep tool of that day
+(`expand`, `is_hydra_override`), which the sweeper plugin replaced, so it only runs there
+(`git worktree add /tmp/old 1132f58`). Do not rerun it to make a failing test pass: a changed hash means every existing run directory
 and cache built from that config is orphaned. Where a change is right, edit the entry by hand and
 say why in its "changed" field.
 """
