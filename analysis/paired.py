@@ -69,10 +69,14 @@ def matched_controls(objectives) -> dict[str, str]:
 # ----------------------------------------------------------------------------- did it train
 
 
-def trained(row: dict, min_steps: int = 100, min_pairs: int = 100) -> tuple[bool, str]:
+def trained(
+    row: dict, min_steps: int = 100, min_pairs: int = 100, budget: bool = True
+) -> tuple[bool, str]:
     """(True, "") or (False, why): a run on pi_sft that took fewer than `min_steps` optimizer
-    steps, trained on fewer than `min_pairs` pairs/items, or had too few pairs for its step
-    budget (budget_too_few_pairs). Runs without budget fields (sft, older runs) always train."""
+    steps, trained on fewer than `min_pairs` pairs/items, or (with ``budget``) had too few pairs
+    for its step budget (budget_too_few_pairs). Runs without budget fields (sft, older runs)
+    always train. The paired tests pass ``budget=False``: a run that made many passes over few
+    pairs did train, and how it compares with its control is the measurement."""
     if all(row.get(k) is None for k in BUDGET_FIELDS):
         return True, ""
     why = []
@@ -84,7 +88,7 @@ def trained(row: dict, min_steps: int = 100, min_pairs: int = 100) -> tuple[bool
     items = row.get("budget_items")
     if items is not None and items < min_pairs:
         why.append(f"{items} pairs/items < --min-pairs {min_pairs}")
-    if row.get("budget_too_few_pairs"):
+    if budget and row.get("budget_too_few_pairs"):
         epochs = row.get("budget_epochs")
         passes = f"{epochs:g} passes" if epochs is not None else "no pass"
         why.append(f"too few pairs for the step budget ({passes} over them > objective.max_epochs)")
@@ -271,7 +275,7 @@ def compare_all(
     def usable(rs: list[dict]) -> tuple[dict | None, str]:
         if len(rs) > 1:
             return None, f"{len(rs)} runs for this seed (duplicates; none used)"
-        ok, why = trained(rs[0], min_steps, min_pairs)
+        ok, why = trained(rs[0], min_steps, min_pairs, budget=False)
         if not ok:
             return None, "did not train"
         if not rs[0].get("test_outcomes"):
