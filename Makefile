@@ -12,6 +12,10 @@ TORCH_SPEC ?= torch==2.13.0
 # Runs at once in the demo sweep (each with cpus/JOBS torch threads). 1 on a 2-core laptop: two
 # 1-thread runs side by side were slower than one 2-thread run (benchmarks/README.md).
 JOBS ?= 1
+# Extra sweep overrides and analysis options, e.g. pass@k in the demo's report:
+#   make demo DEMO_ARGS="'eval.pass_k=[1,5]'" ANALYZE_ARGS="--metric test_pass@5"
+DEMO_ARGS ?=
+ANALYZE_ARGS ?=
 
 .PHONY: help install demo test test-fast test-slurm lint clean gpu-wheels
 
@@ -30,8 +34,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed  ## create the virtual environment and install eightfold
 
 demo: install  ## run the default study end to end: sweep, results table, fits, plots, report
-	$(BIN)/eightfold-sweep sweeps/cpu_default.yaml --root $(ROOT) --jobs $(JOBS)
-	$(BIN)/eightfold-analyze all $(ROOT) --out $(ROOT)/analysis
+	$(BIN)/eightfold-sweep sweeps/cpu_default.yaml --root $(ROOT) --jobs $(JOBS) $(DEMO_ARGS)
+	$(BIN)/eightfold-analyze all $(ROOT) --out $(ROOT)/analysis $(ANALYZE_ARGS)
 	@echo "results: $(ROOT)/runs  report: $(ROOT)/analysis/report.md"
 
 test: install  ## the whole suite: lint, unit, end to end, and SLURM tests against a real local SLURM
