@@ -297,7 +297,10 @@ def test_cli_all_writes_paired_section_and_flags(tmp_path, capsys):
     assert (
         "- procedural: dpo vs dpo_control at n = 100, 300, 1000, 3000: dpo did not train" in section
     )
-    assert "- procedural: rft vs rft_control at n = 100: rft did not train" in section
+    # rft at n=100 made too many passes over too few pairs: flagged above, but it trained, so
+    # it is compared with its control (not listed as "did not train")
+    assert "rft vs rft_control at n = 100" not in section
+    assert "**source: procedural, n = 100**" in section
     assert "no test_outcomes" in section
     mult = report.split("## Data-efficiency multipliers")[1]
     assert "| dpo/procedural | — | — | — | no multiplier: none of its 8 run(s) trained" in mult
