@@ -12,6 +12,8 @@ import re
 import sys
 from pathlib import Path
 
+from eightfold.runfiles import check_writable_dir
+
 from . import collect as col
 from . import paired as pr
 from .common import AnalysisError, write_json
@@ -309,9 +311,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_outputs(a: argparse.Namespace) -> None:
+    """Where the command writes, checked before it reads anything: a directory it can write to
+    (``--out``), or a file whose folder it can write to (``--output``)."""
+    out = getattr(a, "out", None)
+    if out is not None and (problem := check_writable_dir(out, "--out")):
+        raise AnalysisError(problem)
+    output = getattr(a, "output", None)
+    if output is not None:
+        path = Path(output)
+        if path.is_dir():
+            raise AnalysisError(f"--output={output} is a directory; expected a file name")
+        if problem := check_writable_dir(path.parent, "the folder of --output"):
+            raise AnalysisError(problem)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_outputs(args)
         return args.func(args)
     except AnalysisError as e:
         print(f"eightfold-analyze: error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -11,6 +11,7 @@ MLflow reopens the run whose id is stored in ``logs/mlflow.json``.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.loggers import (  # the trackers' own packages are imported when used
     CSVLogger,
@@ -44,29 +46,195 @@ LOGS = "logs"  # <run>/logs: metrics.csv, tensorboard/, mlflow.json
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Serialise to memory, then write-to-temp + rename (Lightning writes in place)."""
+    """Serialise to memory, then write-to-temp + rename (Lightning writes in place).
+
+    Lightning saves a step's checkpoint before it hands that step's metrics to the loggers. So
+    that a checkpoint on disk always comes after the metrics of every step it holds, the write
+    is held back (the bytes are taken at once: the state is that of the step) until
+    :class:`CheckpointAfterMetrics` has flushed the loggers: a run killed in between resumes
+    from the checkpoint before, and logs its steps again.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: tuple[Path, bytes] | None = None
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        write_atomic(Path(path), buffer.getvalue())
+        self.pending = (Path(path), buffer.getvalue())
+
+    def write_pending(self) -> None:
+        if self.pending is not None:
+            path, payload = self.pending
+            self.pending = None
+            write_atomic(path, payload)
 
 
-class _AppendingWriter(ExperimentWriter):
+class CheckpointAfterMetrics(Callback):
+    """Writes the checkpoint :class:`AtomicCheckpointIO` holds once the step's metrics are logged
+    and every logger has flushed: at the next batch, the end of the epoch, the end of training."""
+
+    def __init__(self, checkpoint_io: AtomicCheckpointIO) -> None:
+        self.checkpoint_io = checkpoint_io
+
+    def _write(self, trainer) -> None:
+        if self.checkpoint_io.pending is None:
+            return
+        for logger in trainer.loggers:
+            logger.save()
+        self.checkpoint_io.write_pending()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._write(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._write(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._write(trainer)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._write(trainer)  # one saved by a callback after ours in on_train_end
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.checkpoint_io.pending = None  # its step's metrics may not be out: keep the one before
+
+
+class RngState(Callback):
+    """Every global RNG a run draws from (python, numpy, torch, CUDA) in each checkpoint, set
+    back when the run resumes: dropout and any sampling in a step go on as if never stopped.
+
+    Lightning saves no RNG state. The state is taken when the checkpoint is (the end of a step)
+    and restored at the start of training, after everything a resumed process does first."""
+
+    def __init__(self) -> None:
+        self._restore: dict | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {
+            "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restore = dict(state_dict)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not self._restore:
+            return
+        import random
+
+        import numpy as np
+
+        state, self._restore = self._restore, None
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        cuda = state.get("cuda")
+        if (
+            cuda is not None
+            and torch.cuda.is_available()
+            and len(cuda) == torch.cuda.device_count()
+        ):
+            torch.cuda.set_rng_state_all(cuda)
+
+
+class LastTrainLoss(Callback):
+    """The training loss of the last step, kept in each checkpoint: a run resumed from its final
+    checkpoint (killed while it evaluated) trains no step, yet reports the same final loss."""
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self.value = float(loss.detach())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.value = state_dict.get("value")
+
+
+class _ResumingWriter(ExperimentWriter):
+    """metrics.csv across a resume, each step once. When it opens, the rows of steps at or after
+    ``keep_before_step`` (the resumed checkpoint's step; 0 for a fresh start) are dropped: a
+    killed attempt logged them after its last checkpoint, and the resumed run logs them again.
+    Every flush rewrites the file atomically, so a kill never leaves half a row."""
+
+    def __init__(self, log_dir: str, keep_before_step: int = 0) -> None:
+        self._keep_before = int(keep_before_step)
+        self._rows: list[dict] = []
+        super().__init__(log_dir)
+
     def _check_log_dir_exists(self) -> None:
-        pass  # Lightning deletes an existing metrics.csv here; a resumed run appends to it instead
+        # Lightning deletes an existing metrics.csv here; a resumed run keeps its earlier rows
+        path = Path(self.metrics_file_path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return
+        reader = csv.DictReader(io.StringIO(text))
+        rows = list(reader)
+        self.metrics_keys = list(reader.fieldnames or [])
+        self._rows = [
+            r for r in rows if _step_of(r) is not None and _step_of(r) < self._keep_before
+        ]
+        if len(self._rows) != len(rows):
+            self._write()
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        self._record_new_keys()
+        self._rows.extend(self.metrics)
+        self.metrics = []
+        self._write()
+
+    def _write(self) -> None:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(self._rows)
+        write_atomic(self.metrics_file_path, out.getvalue())
+
+
+def _step_of(row: dict) -> int | None:
+    try:
+        return int(float(row.get("step") or ""))
+    except ValueError:
+        return None
 
 
 class ResumableCSVLogger(CSVLogger):
-    """CSVLogger that keeps one metrics.csv across a resume (the same logger run after a requeue)."""
+    """CSVLogger that keeps one metrics.csv across a resume (the same logger run after a requeue),
+    each step in it once (:class:`_ResumingWriter`)."""
+
+    def __init__(self, *args: Any, keep_before_step: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._keep_before_step = keep_before_step
 
     @property
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+            self._experiment = _ResumingWriter(self.log_dir, self._keep_before_step)
         return self._experiment
 
 
@@ -197,9 +365,14 @@ class _MLflow(_Tracker, MLFlowLogger):
 
 
 def csv_logger(run: RunInfo, flush_logs_every_n_steps: int = 100) -> ResumableCSVLogger:
-    """``<run>/logs/metrics.csv`` (flushed as often as checkpoints: a requeued run loses no rows)."""
+    """``<run>/logs/metrics.csv``: flushed before every checkpoint is written; a resumed run drops
+    the rows a killed attempt logged after its last checkpoint (each step once)."""
     return ResumableCSVLogger(
-        run.directory, name=LOGS, version="", flush_logs_every_n_steps=flush_logs_every_n_steps
+        run.directory,
+        name=LOGS,
+        version="",
+        flush_logs_every_n_steps=flush_logs_every_n_steps,
+        keep_before_step=run.resumed_from_step or 0,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,40 @@ HASH_WEIGHTS_MAX_BYTES = 2 * 1024**3
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
+# Result fields every finished run's result.json has: a JSON object without them is no result.
+RESULT_KEYS = ("test_accuracy", "test_error")
+TEMP_SUFFIX = ".tmp"  # write_atomic's temp files: .<name>.<random>.tmp beside the target
+
+
+class CorruptResult(ValueError):
+    """A result.json that is not JSON (truncated, overwritten): reported, never silently redone."""
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` sets it, for every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
+    """Write to a temp file in the same directory, fsync, then rename: readers never see half a file.
+
+    The file gets the mode any new file gets (0666 minus the umask), not mkstemp's 0600: a group
+    shares a results folder with ``umask 002``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -62,12 +90,81 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 
 
 def read_result(directory: str | Path) -> dict | None:
-    """The finished run's result, or None if the run has not finished (or its file is unreadable)."""
+    """The finished run's result, or None if the run has not finished: no result.json, or one
+    that holds no result (not a JSON object with the RESULT_KEYS, e.g. ``[]`` or ``{}``).
+
+    Raises :class:`CorruptResult` when result.json is not JSON (truncated, binary): whether the
+    run finished is unknown, and redoing it would hide the damage."""
     path = Path(directory) / RESULT
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        raw = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    try:
+        result = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptResult(
+            f"{path} is corrupt ({len(raw)} bytes, not valid JSON: {err}): check the run, then"
+            " delete the file to run it again"
+        ) from None
+    if not isinstance(result, dict) or not all(k in result for k in RESULT_KEYS):
+        return None
+    return result
+
+
+def model_complete(model_dir: str | Path) -> bool:
+    """A ``save_pretrained`` folder a later run can load: its config and every weight file (the
+    shards an index lists, or at least one weight file)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        return False
+    for index in model_dir.glob("*.index.json"):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError):
+            return False
+        return all((model_dir / shard).is_file() for shard in shards)
+    return any(p.suffix in WEIGHT_SUFFIXES and p.is_file() for p in model_dir.iterdir())
+
+
+def remove_temp_files(directory: str | Path, prefix: str = "") -> list[Path]:
+    """Delete the temp files (and temp folders) a killed writer left in ``directory``, recursively:
+    ``.<prefix>*.tmp``. Call it only while holding the lock of what ``directory`` holds."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for p in sorted(directory.rglob(f".{prefix}*{TEMP_SUFFIX}"), reverse=True):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def check_writable_dir(path: str | Path, what: str) -> str | None:
+    """Why ``path`` cannot be (or become) a directory this process writes into, as one line
+    naming ``what`` (e.g. ``paths.root``), or None when it can."""
+    path = Path(path).expanduser()
+    probe = path if path.is_absolute() else Path.cwd() / path
+    while not probe.exists():
+        if probe.is_symlink():  # a dangling link
+            return f"{what}={path} is not valid: {probe} is a broken symbolic link"
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return (
+            f"{what}={path} is not valid: {probe} is a file, not a directory; expected a directory"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        hint = "" if probe == path else f" (to create {path} in it)"
+        return (
+            f"{what}={path} is not writable: no write permission on {probe}{hint};"
+            " expected a directory you can write to"
+        )
+    return None
 
 
 def last_checkpoint(directory: str | Path) -> Path | None:
@@ -79,8 +176,11 @@ def run_status(directory: str | Path) -> tuple[str, str]:
     """(status, error) of a run directory: finished, failed (with its error line), partial (a
     checkpoint to resume from) or pending (nothing yet)."""
     directory = Path(directory)
-    if read_result(directory) is not None:
-        return FINISHED, ""
+    try:
+        if read_result(directory) is not None:
+            return FINISHED, ""
+    except CorruptResult as err:
+        return FAILED_STATUS, str(err)
     failed = directory / FAILED
     if failed.exists():
         try:

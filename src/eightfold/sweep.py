@@ -181,10 +181,16 @@ def load_sweep(path: str | Path) -> Sweep:
         raise SweepError(
             f"{path}: pack={pack!r} is not valid: runs at once in one job, e.g. pack: 8"
         )
+    overrides = merge([*fixed, *axes])  # each one must parse
+    if not grid:  # Hydra would run the defaults once: not a sweep
+        raise SweepError(
+            f"{path}: the grid is empty: a sweep varies at least one key, e.g."
+            " grid: {data.size: [125, 250]} (one config alone: eightfold-train KEY=VALUE ...)"
+        )
     return Sweep(
         name=path.stem,
         path=path,
-        overrides=merge([*fixed, *axes]),
+        overrides=overrides,
         slurm=[as_override(f"hydra.launcher.{k}", v) for k, v in slurm.items()],
         description=str(raw.get("description") or "").strip(),
         pack=pack,
@@ -491,11 +497,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from eightfold.runfiles import check_writable_dir
+    from eightfold.validate import secret_in_arguments
+
     args = parse_args(argv)
     root = Path(args.root).expanduser().resolve()
     try:
         spec = load_sweep(args.sweep)
         merge(args.overrides)  # each one must parse
+        # before Hydra writes the overrides and configs under the root (--dry-run included)
+        if problem := secret_in_arguments([*spec.overrides, *spec.slurm, *args.overrides]):
+            raise SweepError(problem)
+        if problem := check_writable_dir(root, "--root"):
+            raise SweepError(problem)
         if args.jobs < 1:
             raise SweepError(f"--jobs {args.jobs} is not valid: a positive number of multiruns")
         if args.jobs > 1 and args.launcher != "local":

@@ -39,12 +39,16 @@ from eightfold.runfiles import (
     FAILED,
     MODEL_DIR,
     RESULT,
+    TEMP_SUFFIX,
+    CorruptResult,
     last_checkpoint,
+    model_complete,
     read_result,
+    remove_temp_files,
     write_atomic,
     write_json_atomic,
 )
-from eightfold.validate import validate_config
+from eightfold.validate import check_command_line, validate_config
 
 log = logging.getLogger("eightfold")
 
@@ -74,6 +78,9 @@ def _build_trainer(cfg: DictConfig, directory: Path, max_steps: int | None = Non
 
     from eightfold.checkpointing import (
         AtomicCheckpointIO,
+        CheckpointAfterMetrics,
+        LastTrainLoss,
+        RngState,
         RunInfo,
         StepProgressBar,
         checkpoint_step,
@@ -93,9 +100,13 @@ def _build_trainer(cfg: DictConfig, directory: Path, max_steps: int | None = Non
             save_on_train_epoch_end=False,
         )
     ]
+    checkpoint_io = AtomicCheckpointIO()
+    # a resumed run continues as the uninterrupted one: the data order (eightfold.data.loader),
+    # the RNGs, and metrics.csv with each step once
+    callbacks += [RngState(), LastTrainLoss(), CheckpointAfterMetrics(checkpoint_io)]
     if progress:
         callbacks.append(StepProgressBar())
-    plugins = [AtomicCheckpointIO()]
+    plugins = [checkpoint_io]
     try:  # submitit owns SLURM requeue; Lightning must not install a second handler
         from lightning.pytorch.plugins.environments import SLURMEnvironment
 
@@ -130,14 +141,17 @@ def _build_trainer(cfg: DictConfig, directory: Path, max_steps: int | None = Non
     return trainer
 
 
-def run(cfg: DictConfig, wait: bool = False) -> dict:
+def run(cfg: DictConfig, wait: bool = False, need_model: bool = False) -> dict:
     """Run one experiment; returns its result dict (also written to ``result.json``).
 
-    A run locked by another process is skipped, or with ``wait`` waited for (then read).
+    A run locked by another process is skipped, or with ``wait`` waited for (then read). With
+    ``need_model`` a finished run whose ``model/`` is incomplete (a weight file deleted) is not
+    finished: it is done again (it resumes from its last checkpoint). A corrupt result.json
+    raises :class:`~eightfold.runfiles.CorruptResult` before anything is touched.
     """
     validate_config(cfg)
     directory = run_dir(cfg)
-    done = read_result(directory)
+    done = _finished(directory, need_model)
     if done is not None:
         log.info("skip: %s is finished (%s)", directory.name, directory / RESULT)
         return {**done, "skipped": True}
@@ -156,10 +170,17 @@ def run(cfg: DictConfig, wait: bool = False) -> dict:
         log.info("waiting for %s: it is running in another process", directory)
         lock.acquire()
     try:
-        done = read_result(directory)  # finished while we waited for the lock
+        done = _finished(directory, need_model)  # finished while we waited for the lock
         if done is not None:
             return {**done, "skipped": True}
-        return _run_locked(cfg, directory)
+        if read_result(directory) is not None:  # finished, but its model is incomplete
+            log.warning("%s: its model/ is incomplete; training it again", directory)
+            (directory / RESULT).unlink()
+        if rank == 0:
+            # what a killed attempt left half-written: rank 0 holds the run's lock, and the
+            # other ranks of its job write nothing here before it (config.yaml is rank 0's)
+            remove_temp_files(directory)
+        return _run_locked(cfg, directory, write_config=rank == 0)
     except Exception as err:
         write_json_atomic(
             directory / FAILED,
@@ -180,7 +201,14 @@ def run(cfg: DictConfig, wait: bool = False) -> dict:
         lock.release()
 
 
-def _run_locked(cfg: DictConfig, directory: Path) -> dict:
+def _finished(directory: Path, need_model: bool) -> dict | None:
+    done = read_result(directory)
+    if done is not None and need_model and not model_complete(directory / MODEL_DIR):
+        return None
+    return done
+
+
+def _run_locked(cfg: DictConfig, directory: Path, write_config: bool = True) -> dict:
     import lightning as L
 
     from eightfold.checkpointing import close_trackers
@@ -192,7 +220,8 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
     t0 = time.perf_counter()
     _console(cfg)
     log.info("run: %s", directory)
-    write_atomic(directory / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+    if write_config:
+        write_atomic(directory / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     (directory / FAILED).unlink(missing_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -242,12 +271,13 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
     t_train = time.perf_counter()
     trainer.fit(module, datamodule=train_data, ckpt_path=str(resume) if resume else None)
     train_time = time.perf_counter() - t_train
+    final_loss = _final_train_loss(trainer)
     log.info(
         "train: %d steps on %s in %.1f s, loss %.3g -> %s",
         trainer.global_step,
         cfg.trainer.accelerator,
         train_time,
-        float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        final_loss,
         _outputs_line(directory, trainer),
     )
 
@@ -293,7 +323,7 @@ def _run_locked(cfg: DictConfig, directory: Path) -> dict:
             "run_dir": str(directory),
             "train_steps": trainer.global_step,
             "resumed_from_step": resumed_from_step,
-            "final_train_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+            "final_train_loss": final_loss,
             "num_params": sum(p.numel() for p in model.parameters()),
             "data_time_s": round(data_time, 3),
             "train_time_s": round(train_time, 3),
@@ -382,7 +412,7 @@ def check_context_fits(datamodule, model, tokenizer) -> None:
 
 def save_model_atomic(model, tokenizer, target: Path) -> None:
     """``save_pretrained`` into a temp folder, then rename: a later run never loads half a model."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}{TEMP_SUFFIX}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -419,14 +449,15 @@ def ensure_sft_model(cfg: DictConfig) -> Path:
     """
     base = sft_config(cfg)
     directory = run_dir(base)
-    if not (directory / MODEL_DIR).is_dir():
-        if read_result(directory) is not None:  # finished without a saved model: redo it
-            (directory / RESULT).unlink()
+    if not model_complete(directory / MODEL_DIR):
+        # not trained yet, or finished without a (complete) model: train it, or again (it resumes
+        # from its last checkpoint); another process training it (a parallel sweep): wait, reuse
         log.info("training the SFT model this run starts from: %s", directory)
-        run(base, wait=True)  # another process training it (a parallel sweep): wait, then reuse
-        if not (directory / MODEL_DIR).is_dir():
+        run(base, wait=True, need_model=True)
+        if not model_complete(directory / MODEL_DIR):
             raise RuntimeError(
-                f"the SFT run {directory} finished without a saved model (save_model=false?)"
+                f"the SFT run {directory} finished without a complete model in"
+                f" {directory / MODEL_DIR}"
             )
     return directory / MODEL_DIR
 
@@ -465,6 +496,18 @@ def _scalar(value) -> bool:
     return isinstance(value, (int, float, str, bool)) or value is None
 
 
+def _final_train_loss(trainer) -> float:
+    """The last step's training loss; after a resume that trained no step (from the final
+    checkpoint), the one that checkpoint kept."""
+    from eightfold.checkpointing import LastTrainLoss
+
+    value = trainer.callback_metrics.get("train/loss")
+    if value is None:
+        kept = [c.value for c in trainer.callbacks if isinstance(c, LastTrainLoss)]
+        value = kept[0] if kept and kept[0] is not None else float("nan")
+    return float(value)
+
+
 def _ckpt_step(path: Path | None) -> int | None:
     if path is None:
         return None
@@ -474,10 +517,18 @@ def _ckpt_step(path: Path | None) -> int | None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
-        result = run(cfg)
+        # in a multirun, a run another process holds (a second sweep of the same file) is waited
+        # for, then read: the sweep reports it finished, not "did not finish"
+        result = run(cfg, wait=_in_multirun())
     except ConfigError as err:  # bad overrides: one clear line, no traceback, nothing trained
         print(f"eightfold: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except CorruptResult as err:  # a damaged result.json: reported, never silently redone
+        if not _in_multirun():
+            print(f"eightfold: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        log.error("%s", err)
+        return None
     except Exception:
         # A multirun keeps going (the launcher then waits for every job): the run has written
         # failed.json, and the sweep's summary names it. A single run fails loudly.
@@ -499,6 +550,13 @@ def _in_multirun() -> bool:
 
 
 def main() -> None:
+    # before Hydra: it writes the overrides and the composed config (.hydra/*.yaml) under
+    # paths.root before the app runs, so a key there or an unwritable root is refused first
+    try:
+        check_command_line(sys.argv[1:])
+    except ConfigError as err:
+        print(f"eightfold: error: {err}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 

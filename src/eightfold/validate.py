@@ -6,18 +6,24 @@ Every message names the bad value and says what would be valid.
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from eightfold.config import ConfigError
 from eightfold.data.arithmetic import max_variables, pool_size
+from eightfold.runfiles import check_writable_dir
 
-__all__ = ["ConfigError", "validate_config"]
+__all__ = ["ConfigError", "check_command_line", "validate_config"]
 
 # Kept in step with eightfold.data.synthetic.SOURCES (a test checks it); listed here so that
 # validation stays import-light.
 SOURCES = ("procedural", "procedural_teacher", "gsm8k_teacher", "math_teacher", "gsm8k", "math")
 KINDS = ("procedural", "gsm8k", "math")
+SEED_END = 2**32  # seeds are 0 <= seed < 2**32 (Lightning, numpy)
 
 
 def _positive_int(value, key: str, example: str) -> int:
@@ -39,8 +45,13 @@ def validate_config(cfg: DictConfig) -> None:
         if perf.get(key) is not None:  # checked here, so a sweep rejects it before submitting
             _positive_int(perf[key], f"perf.{key}", example)
     _check_outputs(cfg)
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise ConfigError(f"seed={cfg.seed!r} is not valid: expected an integer, e.g. seed=0")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed < SEED_END:
+        # Lightning and numpy take seeds in [0, 2**32); a negative one would also alias a positive
+        # one in random.Random (it hashes abs(seed))
+        raise ConfigError(
+            f"seed={cfg.seed!r} is not valid: expected an integer 0 <= seed < 2**32"
+            f" ({SEED_END}), e.g. seed=0"
+        )
     if data.source == "self":  # self-generated data needs pi_sft: it is an objective, not a file
         raise ConfigError(
             "data.source='self' is not a data source: training on the SFT model's own correct samples"
@@ -72,7 +83,20 @@ def validate_config(cfg: DictConfig) -> None:
                 f"data.task.chains={chains} x data.task.steps={steps} needs {max_variables(chains, steps)}"
                 " variables; at most 26 (a-z) are available"
             )
-        available = pool_size(chains, steps, modulus) - data.test_size
+        pool = pool_size(chains, steps, modulus)
+        if data.test_size >= pool:
+            room = pool - size
+            fix = (
+                f"use data.test_size<={room} (data.size={size} comes from the rest)"
+                if room >= 1
+                else "raise data.task.steps / data.task.chains"
+            )
+            raise ConfigError(
+                f"data.test_size={data.test_size} is larger than the problem pool: chains={chains},"
+                f" steps={steps}, modulus={modulus} give {pool} distinct problems, and the training"
+                f" problems come from the same pool; {fix}"
+            )
+        available = pool - data.test_size
         if size > available:
             raise ConfigError(
                 f"data.size={size} is larger than the problem pool: chains={chains}, steps={steps},"
@@ -190,3 +214,79 @@ def _check_teacher(data: DictConfig) -> None:
         raise ConfigError(
             f"data.label={data.label!r} is not valid: expected one of {', '.join(LABELS)}"
         )
+
+
+# -----------------------------------------------------------------------------
+# the command line, before Hydra writes anything (.hydra/*.yaml, the run and sweep folders)
+
+# A config key that names a secret: refused, its value goes in an environment variable instead.
+_SECRET_KEY = re.compile(
+    r"(.*_)?(api_?key|secret(_key)?|password|passwd|(access|auth|bearer|api|hf)_token)", re.I
+)
+_URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s]+@")
+_KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")
+_KEY_HOME = (
+    "put the key in the environment variable named by data.teacher.api_key_env (e.g."
+    " OPENAI_API_KEY): a config value is written into .hydra/*.yaml, config.yaml and the logs"
+)
+# Hydra flags that print and exit without writing under paths.root
+_NO_OUTPUT_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc")
+
+
+def secret_in_arguments(args: Sequence[str]) -> str | None:
+    """Why an argument would put a credential on disk (one line that does not repeat it), or None.
+
+    Hydra saves every override in ``.hydra/overrides.yaml`` and the composed config in
+    ``.hydra/config.yaml`` before the app runs, so a key must be refused before Hydra starts."""
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        name = key.lstrip("+~") if sep and not arg.startswith("-") else ""
+        leaf = name.rsplit(".", 1)[-1]
+        if name and _SECRET_KEY.fullmatch(leaf):
+            return f"{name} is not allowed on the command line: {_KEY_HOME}"
+        where = name or "an argument"
+        if _URL_CREDENTIALS.search(value if name else arg):
+            return (
+                f"{where} holds credentials in a URL (user:password@host): give the URL without"
+                f" them and {_KEY_HOME}"
+            )
+        if _KEY_LIKE.search(value if name else arg):
+            return f"{where} holds what looks like an API key (sk-...): {_KEY_HOME}"
+    return None
+
+
+def root_from_arguments(
+    args: Sequence[str], environ: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Path | None:
+    """``paths.root`` as conf/paths/default.yaml resolves it for these overrides: the last
+    ``paths.root=`` override, else ``$EIGHTFOLD_ROOT``, else ``<cwd>/outputs``. None when the
+    override is an interpolation or a sweep (Hydra resolves those)."""
+    environ = os.environ if environ is None else environ
+    root = None
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") == "paths.root":
+            root = value
+    if root is None:
+        root = environ.get("EIGHTFOLD_ROOT") or str((cwd or Path.cwd()) / "outputs")
+    root = root.strip()
+    if len(root) >= 2 and root[0] == root[-1] and root[0] in "'\"":
+        root = root[1:-1]
+    elif "," in root or re.match(r"^(choice|range|interval|glob|shuffle|sort|tag)\(", root):
+        return None
+    if "${" in root or not root:
+        return None
+    return Path(root)
+
+
+def check_command_line(args: Sequence[str]) -> None:
+    """What ``eightfold-train`` checks before Hydra starts: no credential in an argument, and a
+    ``paths.root`` it can write to (not a file, not read-only). Raises ConfigError."""
+    problem = secret_in_arguments(args)
+    if problem:
+        raise ConfigError(problem)
+    if any(a.split("=")[0] in _NO_OUTPUT_FLAGS for a in args):
+        return
+    root = root_from_arguments(args)
+    if root is not None and (problem := check_writable_dir(root, "paths.root")):
+        raise ConfigError(problem)

@@ -39,7 +39,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from eightfold.runfiles import write_atomic, write_json_atomic
+from eightfold.runfiles import remove_temp_files, write_atomic, write_json_atomic
 
 FORMAT_VERSION = 1  # bump when the on-disk layout changes; it is part of every hash
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -85,6 +85,10 @@ class Entry:
     def lock(self) -> FileLock:
         self.dir.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.lock_path))
+
+    def remove_temp_files(self) -> None:
+        """The temp files a killed builder of this entry left (call with the lock held)."""
+        remove_temp_files(self.dir, prefix=self.hash)
 
     def read_meta(self) -> dict | None:
         try:
@@ -155,6 +159,7 @@ def load_or_build(
         records = e.read()  # another process may have built it while we waited
         if records is not None:
             return records
+        e.remove_temp_files()
         lines = [dumps_record(r) for r in build()]
         write_atomic(e.path, "".join(line + "\n" for line in lines))
         e.write_meta(len(lines), True, meta)
@@ -213,6 +218,7 @@ def _load_stream(
     with e.lock():
         records = e.read()
         if not _enough(records, n, e.read_meta()):
+            e.remove_temp_files()
             count, complete = _extend(e, records, n, build_from)
             e.write_meta(count, complete, meta)
             records = e.read()
@@ -227,7 +233,7 @@ def _extend(
     if not e.partial_path.exists() and records:
         # Extending a published prefix: start the partial as a whole copy of it (temp + rename, so
         # a crash mid-copy cannot leave a short partial that would regenerate published records).
-        tmp = e.partial_path.with_suffix(".copy.tmp")
+        tmp = e.dir / f".{e.partial_path.name}.copy.tmp"
         shutil.copyfile(e.path, tmp)
         os.replace(tmp, e.partial_path)
     have = _repair_partial(e.partial_path)

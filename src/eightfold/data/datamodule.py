@@ -12,9 +12,9 @@ import functools
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
 from eightfold.data.examples import Example, procedural_split
+from eightfold.data.loader import ResumableLoader
 from eightfold.data.synthetic import build_split
 from eightfold.generation import encode_prompt, encode_response
 
@@ -180,14 +180,13 @@ class MathDataModule(L.LightningDataModule):
         other._train_pairs = list(pairs)
         return other
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
+        """Shuffled by (data.seed, epoch); a resumed run continues mid-epoch (eightfold.data.loader)."""
         ds = TokenizedPairs(self.tokenizer, self.train_pairs())
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
+        return ResumableLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=g,
+            seed=self.seed,
             num_workers=self.num_workers,
             collate_fn=functools.partial(
                 collate_sft, pad_id=self.tokenizer.pad_token_id, pack_length=self.pack_length

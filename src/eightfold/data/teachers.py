@@ -26,6 +26,7 @@ import email.utils
 import hashlib
 import inspect
 import logging
+import math
 import os
 import random
 import re
@@ -406,11 +407,7 @@ class OpenAITeacher:
             raise ValueError(
                 f"data.teacher.model={model!r} is not valid: expected a model name, e.g. gpt-4o-mini"
             )
-        if not re.match(r"^https?://[^/@\s]+(/.*)?$", str(base_url)):
-            raise ValueError(
-                f"data.teacher.base_url={base_url!r} is not valid: expected http(s)://host[:port]/path"
-                " without credentials in it (the key goes in the environment variable named by api_key_env)"
-            )
+        _check_base_url(base_url)
         self.model, self.base_url = model, base_url.rstrip("/")
         # Only the variable's NAME is kept in the config; the key is read when the first request
         # is made, so a run whose data is cached needs no key, and no config or log can hold it.
@@ -467,27 +464,38 @@ class OpenAITeacher:
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="teacher")
         pending: deque[Future] = deque()
         todo = iter(tasks)
+        stop = _Stop()
         try:
             for task in todo:
-                pending.append(pool.submit(self._samples, task, seed))
+                pending.append(pool.submit(self._samples, task, seed, stop))
                 if len(pending) >= 2 * self.concurrency:  # keep workers busy behind a slow head
                     break
             while pending:
                 result = pending.popleft().result()
                 nxt = next(todo, None)
                 if nxt is not None:
-                    pending.append(pool.submit(self._samples, nxt, seed))
+                    pending.append(pool.submit(self._samples, nxt, seed, stop))
                 yield result
         finally:
-            # Also on an early close (the caller has enough): do not start paid requests nobody reads.
+            # Also on an early close (the caller has enough): do not start paid requests nobody
+            # reads, and let the requests in flight end without their retries.
+            stop.fail(-1)
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _samples(self, task: Task, seed: int) -> list[dict]:
+    def _samples(self, task: Task, seed: int, stop: _Stop | None = None) -> list[dict]:
+        try:
+            return self._task_samples(task, seed, stop or _Stop())
+        except BaseException:
+            if stop is not None:
+                stop.fail(task.index)  # the tasks after it stop retrying: the run fails here
+            raise
+
+    def _task_samples(self, task: Task, seed: int, stop: _Stop) -> list[dict]:
         out: list[dict] = []
         attempt_seed = stable_int(seed, task.index)
         while len(out) < self.samples:  # some endpoints ignore n>1: ask again for the rest
             request = self._request(task, self.samples - len(out), attempt_seed + len(out))
-            reply = self._create(request, task.index)
+            reply = self._create(request, task.index, stop)
             if not reply.choices:
                 raise TeacherError(f"task {task.index}: the reply has no choices: {reply!r:.200}")
             for choice in reply.choices[: self.samples - len(out)]:
@@ -536,19 +544,23 @@ class OpenAITeacher:
                 )
             return self._client
 
-    def _create(self, request: dict, index: int):
+    def _create(self, request: dict, index: int, stop: _Stop | None = None):
         import openai
 
+        stop = stop or _Stop()
         client = self.client()
         rng = random.Random(f"backoff-{index}-{request.get('seed')}")  # seeded jitter per request
         for attempt in range(self.max_retries + 1):
-            self._wait_pause()
+            if stop.stopped(index):
+                raise TeacherError(f"task {index}: not sent: {stop.why()}")
+            self._wait_pause(stop, index)
             self._count("requests")
             retry_after = None
             try:
                 return client.chat.completions.create(**request)
             except openai.APIStatusError as err:
-                detail = (err.response.text or "")[:200]
+                # a server may echo the request, Authorization header included
+                detail = redact(err.response.text or "", self._known_key())[:200]
                 if err.status_code not in RETRY_STATUS:
                     raise TeacherError(
                         f"task {index}: HTTP {err.status_code} from {self.base_url}: {detail!r}"
@@ -581,7 +593,8 @@ class OpenAITeacher:
                 self.max_retries,
                 delay,
             )
-            time.sleep(delay)
+            if stop.sleep(delay, index):
+                raise TeacherError(f"task {index}: not retried after {problem}: {stop.why()}")
         raise AssertionError("unreachable")
 
     def _count(self, what: str) -> None:
@@ -601,9 +614,68 @@ class OpenAITeacher:
         with self._pause_lock:
             self._pause_until = max(self._pause_until, time.monotonic() + seconds)
 
-    def _wait_pause(self) -> None:
+    def _known_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def _wait_pause(self, stop: _Stop | None = None, index: int = 0) -> None:
         while (left := self._pause_until - time.monotonic()) > 0:
-            time.sleep(min(left, 1.0))
+            if stop is not None and stop.sleep(min(left, 1.0), index):
+                raise TeacherError(f"task {index}: not sent: {stop.why()}")
+            if stop is None:
+                time.sleep(min(left, 1.0))
+
+
+class _Stop:
+    """Which tasks of one ``generate`` call may still retry. Once a task has given up, the tasks
+    after it stop at their next retry (the data stops at the first failed task anyway); once the
+    caller stops reading (an error, or it has enough), all of them do. Without it, every
+    look-ahead request ran its whole retry schedule first (minutes for a refused connection)."""
+
+    def __init__(self) -> None:
+        self.first_failed: float = math.inf
+        self._cond = threading.Condition()
+
+    def fail(self, index: int) -> None:
+        with self._cond:
+            self.first_failed = min(self.first_failed, index)
+            self._cond.notify_all()
+
+    def stopped(self, index: int) -> bool:
+        return self.first_failed < index
+
+    def why(self) -> str:
+        if self.first_failed < 0:
+            return "the generation was stopped"
+        return f"task {self.first_failed} failed first"
+
+    def sleep(self, seconds: float, index: int) -> bool:
+        """Wait ``seconds`` unless told to stop first; True when stopped."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.stopped(index), timeout=max(0.0, seconds))
+
+
+# What a credential looks like in a server's reply; the match keeps its label (group 1) only.
+_SECRET_PATTERNS = (
+    # Authorization: Bearer sk-...  /  "authorization": "Bearer ..."  /  api_key=...
+    re.compile(
+        r"(?i)((?:authorization|api[_-]?key|x-api-key)[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?)"
+        r"[^\s\"',}]+"
+    ),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    re.compile(r"()\bsk-[A-Za-z0-9_-]{8,}"),
+)
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """``text`` with the given secrets and anything shaped like a credential (an Authorization
+    header, a bearer token, an ``sk-`` key) replaced by ``***``: server replies go into logs and
+    failed.json."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + "***", text)
+    return text
 
 
 def _retry_after(headers) -> float | None:
@@ -653,6 +725,18 @@ _VALID = {
 }
 
 
+def _check_base_url(base_url: Any) -> None:
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*@", str(base_url)):  # never repeat it
+        raise ValueError(
+            "data.teacher.base_url holds credentials (user:password@host): give the URL without"
+            " credentials; the key goes in the environment variable named by data.teacher.api_key_env"
+        )
+    if not re.match(r"^https?://[^/@\s]+(/.*)?$", str(base_url)):
+        raise ValueError(
+            f"data.teacher.base_url={base_url!r} is not valid: expected http(s)://host[:port]/path"
+        )
+
+
 def check_config(cfg: dict) -> str:
     """Validate a teacher config without building anything (no model load, no env lookup)."""
     name = cfg.get("name")
@@ -661,6 +745,8 @@ def check_config(cfg: dict) -> str:
             f"data.teacher.name={name!r} is not valid: expected one of {', '.join(NAMES)}"
         )
     _check_keys(cfg, _VALID[name], "data.teacher")
+    if "base_url" in cfg:
+        _check_base_url(cfg["base_url"])
     if "mode" in cfg:
         _mode(cfg["mode"])
     return name

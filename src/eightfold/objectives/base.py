@@ -11,8 +11,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from eightfold.data.loader import ResumableLoader
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +166,8 @@ class PolicyModule(L.LightningModule):
 
 class TrainData(L.LightningDataModule):
     """The training set an objective built, served as Lightning asks for it: one loader,
-    shuffled by its own seeded generator (the same order on every run of the same config)."""
+    shuffled by (seed, epoch), resumable mid-epoch (the same order on every run of the same
+    config, preempted or not: eightfold.data.loader)."""
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, collate_fn: Callable):
         super().__init__()
@@ -174,13 +177,10 @@ class TrainData(L.LightningDataModule):
     def __len__(self) -> int:
         return len(self.dataset) if isinstance(self.dataset, Sized) else 0
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            shuffle=len(self) > 0,  # no data: an empty loader, Lightning trains 0 steps
-            generator=torch.Generator().manual_seed(self.seed),
-            collate_fn=self.collate_fn,
+    def train_dataloader(self) -> ResumableLoader:
+        # no data: an empty loader, Lightning trains 0 steps
+        return ResumableLoader(
+            self.dataset, batch_size=self.batch_size, seed=self.seed, collate_fn=self.collate_fn
         )
 
 

@@ -203,6 +203,26 @@ class DPOModule(PolicyModule):
                 len(self._chosen_logratios),
             )
 
+    # The per-step statistics live in the checkpoint: a resumed run reports the same last-epoch
+    # means and collapse verdict as the uninterrupted one.
+    _STATS_KEY = "eightfold_dpo_stats"
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[self._STATS_KEY] = {
+            "gaps": list(self._gaps),
+            "accuracies": list(self._accuracies),
+            "chosen_logratios": list(self._chosen_logratios),
+            "warned": self._warned,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        stats = checkpoint.get(self._STATS_KEY)
+        if stats is not None:
+            self._gaps = list(stats["gaps"])
+            self._accuracies = list(stats["accuracies"])
+            self._chosen_logratios = list(stats["chosen_logratios"])
+            self._warned = bool(stats["warned"])
+
     def on_train_end(self) -> None:
         # over the last epoch's steps (the last pass over every pair), not the last batch
         last = slice(-self._steps_per_epoch, None)
