@@ -233,7 +233,9 @@ def test_the_step_budget_is_honoured_with_few_and_many_pairs(root, extra, too_fe
 
 
 def test_matched_control_trains_the_same_pairs_and_steps_without_the_preference_loss(root):
-    dpo, control = cfg_for(root, "dpo"), cfg_for(root, "dpo_control")
+    # a large lr, so that 20 steps move the contrast well beyond the noise of a smoke run
+    lr = "objective.module.lr=1e-3"
+    dpo, control = cfg_for(root, "dpo", lr), cfg_for(root, "dpo_control", lr)
     run(dpo), run(control)
     a, b = finished(dpo), finished(control)
     assert (a["pairs"], a["train_steps"]) == (b["pairs"], b["train_steps"])

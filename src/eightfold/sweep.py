@@ -377,9 +377,11 @@ def display(cmd: list[str]) -> str:
     )
 
 
-def run_commands(cmds: list[list[str]], jobs: int, stdout=None) -> int:
+def run_commands(cmds: list[list[str]], jobs: int, stdout=None, sweep: str = "") -> int:
     """Run the multiruns side by side and wait for all; SIGTERM / Ctrl-C stop them too."""
     env = dict(os.environ)
+    if sweep:  # the tracker tag of every run (checkpointing.sweep_name): one group per sweep file
+        env.setdefault("EIGHTFOLD_SWEEP", sweep)
     if jobs > 1 and "OMP_NUM_THREADS" not in env:  # N processes must not each spin on every core
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
 
@@ -550,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                 return rc if rc in (0, 2) else 2
         else:
             _err(f"{spec.name}: running the sweep in {shards} multirun(s) ({args.launcher})")
-            if run_commands(cmds, shards, stdout=sys.stderr) == 130:
+            if run_commands(cmds, shards, stdout=sys.stderr, sweep=spec.name) == 130:
                 return 130
         if not reports[0].exists():
             _err("error: the multirun stopped before it could check the runs (see above)")
