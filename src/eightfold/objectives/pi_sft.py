@@ -205,9 +205,10 @@ def sample_stats(samples: SampleSet) -> dict:
 
 def select_negatives(
     samples: SampleSet, per_problem: int | None, max_total: int | None, seed: int
-) -> list[tuple[int, str]]:
+) -> tuple[list[tuple[int, str]], int]:
     """Unique incorrect samples (problem index, text): at most ``per_problem`` per problem and
-    ``max_total`` overall, picked by a seeded shuffle (the same set for dpo, step_dpo, awr)."""
+    ``max_total`` overall, picked by a seeded shuffle (the same set for dpo, step_dpo, awr), and
+    how many the ``max_total`` cap dropped."""
     seen: set[tuple[int, tuple[str, ...]]] = set()
     by_problem: dict[int, list[str]] = {}
     for r in samples.records:
@@ -222,9 +223,10 @@ def select_negatives(
         rng.shuffle(texts)
         chosen += [(p, t) for t in texts[: per_problem or len(texts)]]
     rng.shuffle(chosen)
+    capped = max(0, len(chosen) - max_total) if max_total is not None else 0
     if max_total is not None:
         chosen = chosen[:max_total]
-    return sorted(chosen, key=lambda x: x[0])
+    return sorted(chosen, key=lambda x: x[0]), capped
 
 
 class PiSft:
@@ -249,6 +251,7 @@ class PiSft:
         self.kind = data.kind
         self._samples: SampleSet | None = None
         self.negatives_capped: int | None = None  # set by negatives()
+        self._negatives: list[tuple[int, str]] | None = None
         self._t0 = time.perf_counter()
 
     # -- samples -------------------------------------------------------------
@@ -306,18 +309,15 @@ class PiSft:
     def negatives(self) -> list[tuple[int, str]]:
         """The selected negatives; ``self.negatives_capped`` counts those the opt-in
         ``max_negatives`` cap dropped (reported in result.json when it binds)."""
-        o = self.obj
-        uncapped = select_negatives(
-            self.samples(), o.get("negatives_per_problem"), None, int(self.cfg.seed)
-        )
-        chosen = select_negatives(
-            self.samples(),
-            o.get("negatives_per_problem"),
-            o.get("max_negatives"),
-            int(self.cfg.seed),
-        )
-        self.negatives_capped = len(uncapped) - len(chosen)
-        return chosen
+        if self._negatives is None:  # rollouts() and the pairs both ask: select once
+            o = self.obj
+            self._negatives, self.negatives_capped = select_negatives(
+                self.samples(),
+                o.get("negatives_per_problem"),
+                o.get("max_negatives"),
+                int(self.cfg.seed),
+            )
+        return self._negatives
 
     def rollouts(self):
         """(list[NegativeValues], stats dict) of the selected negatives (cached)."""
