@@ -102,6 +102,19 @@ def enable_activation_checkpointing(model: PreTrainedModel) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def fp32_master_weights(model: torch.nn.Module) -> None:
+    """Cast the trainable parameters to fp32 in place, whatever dtype the model was loaded in.
+
+    The precision policy (docs/real-models.md#precision): AdamW updates fp32 weights and keeps
+    fp32 state; the compute precision is the trainer's (bf16-mixed autocasts on GPU; FSDP's
+    mixed precision casts the shards). A bf16 master copy would lose the update: at a weight of
+    ~0.01 the bf16 spacing is ~6e-5, so a DPO step of lr ~1e-6 rounds to zero. Frozen
+    parameters (a LoRA base) keep their load dtype: they are never updated."""
+    for p in model.parameters():
+        if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
 def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
     """A LoRA-wrapped model with its adapters merged into the base weights; others unchanged."""
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model

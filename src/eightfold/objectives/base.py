@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from eightfold.data.loader import ResumableLoader
+from eightfold.models import fp32_master_weights
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,6 +138,11 @@ class PolicyModule(L.LightningModule):
         # Speed knobs set by the run from `perf.*` (never change the numbers beyond float order).
         self.logits_chunk_size: int | None = None
         self.pack_length: int | None = None
+
+    def setup(self, stage: str) -> None:
+        # fp32 master weights (eightfold.models.fp32_master_weights): here, the one place, because
+        # it runs before a sharding strategy wraps the model and before the optimizer is built
+        fp32_master_weights(self.model)
 
     def configure_optimizers(self):
         decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() >= 2]

@@ -1,0 +1,82 @@
+"""The precision policy (docs/performance.md#real-models): whatever dtype a model is loaded in,
+the weights that train (and so AdamW's state) are fp32; the compute precision is
+``trainer.precision`` (bf16-mixed on GPU). A 1e-6 update to a bf16 weight of ~0.02 rounds to
+nothing (bf16 spacing there is ~1.2e-4), so a bf16 master copy would make DPO a no-op."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from eightfold.models import tiny_gpt
+from tests.helpers import compose_cfg
+
+# A small run of the procedural task (the smoke experiment's data; its model keys are tiny_gpt's).
+SMALL = ["data.size=64", "data.test_size=64", "data.task.chains=2", "data.task.steps=1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def saved_bf16_model(directory: Path) -> Path:
+    """A random GPT-2 with the char tokenizer, stored in bf16 as a hub checkpoint would be."""
+    model, tokenizer = tiny_gpt(n_layer=1, n_embd=32, n_head=2, n_positions=128, seed=0)
+    model.to(torch.bfloat16).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_a_bf16_load_trains_fp32_master_weights(precision, tmp_path):
+    """model=hf with model.dtype=bfloat16, one AdamW step at lr 1e-6 through the objective's own
+    configure_optimizers: the weights and the optimizer state are fp32, and nearly every weight
+    moved (in bf16 only those with |w| < ~2.6e-4 could, about 1 % of them, and no LayerNorm
+    weight at 1.0)."""
+    name = saved_bf16_model(tmp_path / "bf16")
+    cfg = compose_cfg(
+        [
+            *SMALL,
+            "model=hf",
+            f"model.name={name}",
+            "model.dtype=bfloat16",
+            "objective.module.lr=1e-6",
+            "objective.module.warmup_steps=0",
+            f"trainer.precision={precision}",
+            f"paths.root={tmp_path / 'root'}",
+        ]
+    )
+    data = instantiate(cfg.data, _convert_="all")
+    data.prepare_examples()
+    model, tokenizer = instantiate({k: v for k, v in cfg.model.items() if k != "lora"})
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # loaded as asked
+    data.tokenizer = tokenizer
+    before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    module = instantiate(cfg.objective.module, model=model, tokenizer=tokenizer, _convert_="all")
+    train_data = module.prepare(cfg, data, None) or data
+    trainer = instantiate(
+        cfg.trainer,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    trainer.fit(module, datamodule=train_data)
+
+    assert trainer.global_step == 1
+    params = dict(module.model.named_parameters())
+    assert {p.dtype for p in params.values()} == {torch.float32}
+    state = trainer.optimizers[0].state
+    assert {s["exp_avg"].dtype for s in state.values()} == {torch.float32}
+    moved = sum(int((params[n].detach() != w).sum()) for n, w in before.items())
+    total = sum(w.numel() for w in before.values())
+    assert moved / total > 0.9, f"only {moved} of {total} weights moved at lr 1e-6"
+    ln = params["transformer.ln_f.weight"].detach()
+    assert (ln != 1.0).all() and (ln - 1.0).abs().max() < 1e-5  # one step of ~lr from 1.0
