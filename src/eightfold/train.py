@@ -17,6 +17,7 @@ job of the sweep (``eightfold-sweep`` reads each run's own files for the summary
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import sys
@@ -66,6 +67,14 @@ OmegaConf.register_new_resolver(
 OmegaConf.register_new_resolver(
     "eightfold.gpus",
     lambda accelerator, devices: devices if accelerator in ("gpu", "cuda") else 0,
+    replace=True,
+)
+
+# SFT for a number of epochs at any data size (the LLM regime: a few passes over n problems),
+# e.g. trainer.max_steps='${eightfold.epochs_steps:3,${data.size},${data.batch_size}}'.
+OmegaConf.register_new_resolver(
+    "eightfold.epochs_steps",
+    lambda epochs, size, batch_size: max(1, math.ceil(float(epochs) * int(size) / int(batch_size))),
     replace=True,
 )
 
@@ -213,7 +222,7 @@ def _run_locked(cfg: DictConfig, directory: Path, write_config: bool = True) -> 
 
     from eightfold.checkpointing import close_trackers
     from eightfold.evaluate import evaluate
-    from eightfold.models import apply_lora, merge_lora, run_device
+    from eightfold.models import apply_lora, hf_causal_lm, merge_lora, run_device
     from eightfold.objectives import Objective
     from eightfold.objectives.pi_sft import PiSft
 
@@ -229,7 +238,11 @@ def _run_locked(cfg: DictConfig, directory: Path, write_config: bool = True) -> 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_examples()
     lora = cfg.model.get("lora")
-    model, tokenizer = instantiate({k: v for k, v in cfg.model.items() if k != "lora"})
+    if cfg.get("base"):  # the LLM regime: start from a base pretrained once on the task family
+        model, tokenizer = hf_causal_lm(str(ensure_base_model(cfg)), dtype="float32")
+    else:
+        model, tokenizer = instantiate({k: v for k, v in cfg.model.items() if k != "lora"})
+    model.train()  # from_pretrained returns eval mode, and Lightning keeps the mode it is given
     datamodule.tokenizer = tokenizer
     check_context_fits(datamodule, model, tokenizer)
     module = instantiate(cfg.objective.module, model=model, tokenizer=tokenizer, _convert_="all")
@@ -441,25 +454,54 @@ def sft_config(cfg: DictConfig) -> DictConfig:
     return base
 
 
-def ensure_sft_model(cfg: DictConfig) -> Path:
-    """Directory of the trained pi_sft (``save_pretrained`` format) for ``cfg``'s data, model and seed.
+def base_config(cfg: DictConfig) -> DictConfig:
+    """The run that ``base=<preset>`` pretrains once: SFT on the base corpus (the run's data with
+    ``base.data`` merged over it) for ``base.steps`` steps at ``base.seed``. Its directory is keyed
+    by this config like any run's, so every run of a study with the same base shares one model."""
+    spec = cfg.base
+    steps = spec.get("steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ConfigError(f"base.steps={steps!r} is invalid: give a positive number of steps")
+    base = cfg.copy()
+    OmegaConf.set_struct(base, False)
+    base.objective = objective_config("sft")
+    if spec.get("lr") is not None:
+        base.objective.module.lr = spec.lr
+    base.data = OmegaConf.merge(cfg.data, spec.get("data") or {})
+    base.data.size = int(base.data.size)
+    base.trainer.max_steps = steps
+    base.seed = int(spec.get("seed", 0))
+    base.data.seed = base.seed
+    base.save_model = True
+    del base["base"]
+    return base
 
-    Runs the SFT run first if it has not finished; every objective at the same (data, model,
-    seed) shares it, so a sweep over objectives trains SFT once per size.
-    """
-    base = sft_config(cfg)
-    directory = run_dir(base)
+
+def ensure_model(run_cfg: DictConfig, what: str) -> Path:
+    """The saved model of the run ``run_cfg`` (``save_pretrained`` format), training it first if
+    it has not finished: not trained yet, or finished without a complete model (it resumes from
+    its last checkpoint); another process training it (a parallel sweep): wait, then reuse."""
+    directory = run_dir(run_cfg)
     if not model_complete(directory / MODEL_DIR):
-        # not trained yet, or finished without a (complete) model: train it, or again (it resumes
-        # from its last checkpoint); another process training it (a parallel sweep): wait, reuse
-        log.info("training the SFT model this run starts from: %s", directory)
-        run(base, wait=True, need_model=True)
+        log.info("training the %s this run starts from: %s", what, directory)
+        run(run_cfg, wait=True, need_model=True)
         if not model_complete(directory / MODEL_DIR):
             raise RuntimeError(
-                f"the SFT run {directory} finished without a complete model in"
+                f"the {what} run {directory} finished without a complete model in"
                 f" {directory / MODEL_DIR}"
             )
     return directory / MODEL_DIR
+
+
+def ensure_sft_model(cfg: DictConfig) -> Path:
+    """pi_sft for ``cfg``'s data, model and seed: every objective at the same (data, model,
+    seed) shares it, so a sweep over objectives trains SFT once per size."""
+    return ensure_model(sft_config(cfg), "SFT model")
+
+
+def ensure_base_model(cfg: DictConfig) -> Path:
+    """The pretrained base of ``cfg`` (``base=<preset>``), shared by every run with that base."""
+    return ensure_model(base_config(cfg), "pretrained base")
 
 
 def _console(cfg: DictConfig) -> bool:
