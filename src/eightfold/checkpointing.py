@@ -38,7 +38,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from eightfold.runfiles import write_atomic
+from eightfold.runfiles import SHARDED_META, write_atomic
 
 log = logging.getLogger("eightfold")
 
@@ -305,6 +305,8 @@ def checkpoint_step(path: Path | None) -> int | None:
     """The global step stored in a checkpoint (memory-mapped: a 7B checkpoint is not read)."""
     if path is None:
         return None
+    if path.is_dir():  # a sharded checkpoint (trainer=fsdp): the step is in its metadata file
+        path = path / SHARDED_META
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except RuntimeError:  # not a zip checkpoint (an old format): read it whole

@@ -22,6 +22,7 @@ FAILED = "failed.json"
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
 LAST_CKPT = "last.ckpt"
+SHARDED_META = "meta.pt"  # Lightning's metadata file in a sharded checkpoint folder
 MODEL_DIR = "model"  # the final weights + tokenizer in save_pretrained format
 
 # The status of a run directory, in the order a summary lists them (``invalid`` is a config
@@ -169,7 +170,8 @@ def check_writable_dir(path: str | Path, what: str) -> str | None:
 
 def last_checkpoint(directory: str | Path) -> Path | None:
     path = Path(directory) / CHECKPOINTS / LAST_CKPT
-    return path if path.is_file() else None
+    # a file, or a sharded checkpoint (trainer=fsdp): a folder, whole once its metadata is in
+    return path if path.is_file() or (path / SHARDED_META).is_file() else None
 
 
 def run_status(directory: str | Path) -> tuple[str, str]:

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import filelock
 import hydra
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -551,9 +550,9 @@ def _final_train_loss(trainer) -> float:
 
 
 def _ckpt_step(path: Path | None) -> int | None:
-    if path is None:
-        return None
-    return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", 0))
+    from eightfold.checkpointing import checkpoint_step  # a file, or a sharded folder
+
+    return checkpoint_step(path)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
