@@ -15,14 +15,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from eightfold.config import ConfigError
 from eightfold.data.arithmetic import max_variables, pool_size
+from eightfold.data.star_graph import check_task as check_star_graph
 from eightfold.runfiles import check_writable_dir
 
 __all__ = ["ConfigError", "check_command_line", "validate_config"]
 
 # Kept in step with eightfold.data.synthetic.SOURCES (a test checks it); listed here so that
 # validation stays import-light.
-SOURCES = ("procedural", "procedural_teacher", "gsm8k_teacher", "math_teacher", "gsm8k", "math")
-KINDS = ("procedural", "gsm8k", "math")
+SOURCES = (
+    "procedural",
+    "star_graph",
+    "procedural_teacher",
+    "gsm8k_teacher",
+    "math_teacher",
+    "gsm8k",
+    "math",
+)
+KINDS = ("procedural", "gsm8k", "math", "star_graph")
 SEED_END = 2**32  # seeds are 0 <= seed < 2**32 (Lightning, numpy)
 
 
@@ -68,6 +77,22 @@ def validate_config(cfg: DictConfig) -> None:
         )
     if data.source.endswith("_teacher"):
         _check_teacher(data)
+    if (data.source == "star_graph") != (data.kind == "star_graph"):
+        raise ConfigError(
+            f"data.source={data.source!r} with data.kind={data.kind!r} is not valid: the star graph"
+            " is data.source=star_graph with data.kind=star_graph (data=star_graph)"
+        )
+    if data.source == "star_graph":
+        task = dict(data.task)
+        if set(task) != {"degree", "path_length", "num_nodes"}:
+            raise ConfigError(
+                f"data.task={task} is not valid for data.source=star_graph: expected exactly the"
+                " keys degree, path_length, num_nodes (conf/data/star_graph.yaml)"
+            )
+        try:
+            check_star_graph(**task, size=size, test_size=data.test_size)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if data.source in ("procedural", "procedural_teacher"):
         task = data.task
         chains = _positive_int(task.chains, "data.task.chains", "2")

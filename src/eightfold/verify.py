@@ -9,6 +9,8 @@ kind = "procedural"  embedded arithmetic testbed, last line is `#<int>`; pure st
 kind = "gsm8k"       strict `#### <number>`, exact rational comparison.
 kind = "math"        last `\\boxed{...}`; exact fast path for plain numbers, everything else
                      goes to math-verify inside a worker process with a hard deadline.
+kind = "star_graph"  the path-star task (data/star_graph.py): one node (a letter) per line, the
+                     whole path equal to the reference; pure string path.
 
 Model output is untrusted. Nothing here evals, execs, sympifies or parse_expr's a string: the
 only parser that sees model text is math-verify's LaTeX parser (ANTLR -> sympy constructors),
@@ -34,7 +36,7 @@ import threading
 import time
 from fractions import Fraction
 
-KINDS = ("procedural", "gsm8k", "math")
+KINDS = ("procedural", "gsm8k", "math", "star_graph")
 
 # -----------------------------------------------------------------------------
 # settings: module-level so a caller or a test can change them. Read at call time, except
@@ -149,6 +151,27 @@ def _extract_procedural(text: str) -> str | None:
 def _procedural_reference(reference: str) -> int | None:
     m = _PROC_REFERENCE.fullmatch(reference.strip())  # "5" or "#5"
     return int(m.group(1)) if m else None
+
+
+# -----------------------------------------------------------------------------
+# kind "star_graph": the answer is the whole path, one node per line (a lowercase letter each);
+# the reference is the path comma-separated ("k,d,q,z") or one node per line. Pure str methods.
+
+
+def _star_path(text: str, sep: str) -> list[str] | None:
+    nodes = [n.strip() for n in text.split(sep) if n.strip()]
+    ok = bool(nodes) and all(len(n) == 1 and "a" <= n <= "z" for n in nodes)
+    return nodes if ok else None
+
+
+def _extract_star_graph(text: str) -> str | None:
+    nodes = _star_path(text, "\n")
+    return ",".join(nodes) if nodes else None
+
+
+def _star_graph_reference(reference: str) -> str | None:
+    nodes = _star_path(reference, "," if "," in reference else "\n")
+    return ",".join(nodes) if nodes else None
 
 
 # -----------------------------------------------------------------------------
@@ -601,7 +624,7 @@ def extract_answer(completion: str, kind: str) -> str | None:
     """The answer a completion commits to, or None (no answer, ambiguous, malformed, capped).
 
     procedural -> "5" for a last line "#5"; gsm8k -> "1234" for "#### 1,234";
-    math -> the raw content of the last \\boxed{}.
+    math -> the raw content of the last \\boxed{}; star_graph -> "k,d,q,z" for one node a line.
     """
     _check_kind(kind)
     if not _usable_text(completion):
@@ -610,6 +633,8 @@ def extract_answer(completion: str, kind: str) -> str | None:
         return _extract_procedural(completion)
     if kind == "gsm8k":
         return _extract_gsm8k(completion)
+    if kind == "star_graph":
+        return _extract_star_graph(completion)
     return _extract_math(completion)
 
 
@@ -629,6 +654,8 @@ def is_correct(
         answer, ref = _extract_procedural(completion), _procedural_reference(reference)
     elif kind == "gsm8k":
         answer, ref = _extract_gsm8k(completion), _gsm8k_reference(reference)
+    elif kind == "star_graph":
+        answer, ref = _extract_star_graph(completion), _star_graph_reference(reference)
     else:
         answer, ref = _extract_math(completion), _math_reference(reference)
     if ref is None:
@@ -641,4 +668,6 @@ def is_correct(
         return int(answer) == ref
     if kind == "gsm8k":
         return Fraction(answer) == ref
+    if kind == "star_graph":
+        return answer == ref
     return _math_equal(answer, ref, TIMEOUT_S if timeout_s is None else float(timeout_s))

@@ -1,7 +1,7 @@
 """The LightningDataModule that holds a run's examples and serves SFT batches.
 
-Examples come from :mod:`eightfold.data.examples` (procedural) or :mod:`eightfold.data.synthetic`
-(teacher data, local files). An objective that trains on other SFT pairs (RFT) gets a copy with
+Examples come from :mod:`eightfold.data.examples` (procedural), :mod:`eightfold.data.star_graph`
+(the path-star task) or :mod:`eightfold.data.synthetic` (teacher data, local files). An objective that trains on other SFT pairs (RFT) gets a copy with
 its own pairs through :meth:`MathDataModule.with_train_pairs`.
 """
 
@@ -15,6 +15,7 @@ import torch
 
 from eightfold.data.examples import Example, procedural_split
 from eightfold.data.loader import ResumableLoader
+from eightfold.data.star_graph import star_graph_split
 from eightfold.data.synthetic import build_split
 from eightfold.generation import encode_prompt, encode_response
 
@@ -147,6 +148,11 @@ class MathDataModule(L.LightningDataModule):
 
     def prepare_examples(self) -> None:
         if self.train_examples:
+            return
+        if self.source == "star_graph":
+            self.train_examples, self.test_examples = star_graph_split(
+                self.size, self.seed, self.test_size, self.test_seed, **self.task
+            )
             return
         if self.source != "procedural":
             self.train_examples, self.test_examples, self.data_info = build_split(

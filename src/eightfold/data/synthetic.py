@@ -74,7 +74,8 @@ TEACHER_SOURCES = {
     "math_teacher": "math",
 }
 REAL_SOURCES = {"gsm8k": "gsm8k", "math": "math"}
-SOURCES = ("procedural", *TEACHER_SOURCES, *REAL_SOURCES)
+# star_graph: the path-star task (eightfold.data.star_graph), built by the datamodule directly
+SOURCES = ("procedural", "star_graph", *TEACHER_SOURCES, *REAL_SOURCES)
 LABELS = ("reference", "teacher")
 STREAM_NS, DSYN_NS = "teacher", "dsyn"
 
