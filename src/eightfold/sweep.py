@@ -210,6 +210,7 @@ class Run:
     size: int = 0  # data.size: how --jobs balances its shards
     job_id: str | None = None  # SLURM job id (from the run's own files)
     log: str | None = None
+    memory: str = ""  # estimated GPU memory per device, e.g. 61.2/80 GiB (eightfold.memory)
 
 
 @functools.cache
@@ -330,9 +331,13 @@ def counts(runs: list[Run]) -> dict[str, int]:
 def print_table(runs: list[Run], title: str) -> None:
     summary = ", ".join(f"{n} {s}" for s, n in counts(runs).items() if n)
     print(f"{title}: {len(runs)} run(s): {summary}")
+    names = max((len(r.name) for r in runs), default=0) if any(r.memory for r in runs) else 0
+    if names:  # the estimated GPU memory column (eightfold.memory), after the name
+        print(f"  {'':5} {'status':<8} {'run':<{names}}  GPU mem/dev est.")
     for r in runs:
         point = f"   ({' '.join(r.point)})" if r.point and r.status != INVALID else ""
-        print(f"  [{r.index:>3}] {r.status:<8} {r.name}{point}")
+        name = f"{r.name:<{names}}  {r.memory or '-':<16}" if names else r.name
+        print(f"  [{r.index:>3}] {r.status:<8} {name}{point}")
         if r.error:
             print("        error: " + r.error.strip().replace("\n", "\n               "))
         if r.status in TODO and r.log:

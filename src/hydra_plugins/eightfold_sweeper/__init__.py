@@ -10,6 +10,11 @@ that are not finished (on SLURM: one job array of exactly those runs); none left
     eightfold-train -m ... hydra.sweeper.only='[sft-*]'     # only runs whose name matches a glob
     eightfold-train -m ... hydra.sweeper.shard=0 hydra.sweeper.shards=2   # half (eightfold-sweep --jobs)
 
+Will it fit: for every run on an accelerator the table shows its estimated GPU memory per device
+(:mod:`eightfold.memory`), against ``gpu_memory_gib`` when that is set; a run that is not finished
+and needs more is refused like an invalid config (one line each: the run, the estimate, the
+limit, the largest part), in a dry run and before a real launch alike.
+
 A failed run writes ``failed.json`` and returns, so the launcher waits for every job; afterwards
 the exit status is 1 if a launched run did not finish. This module is imported at every Hydra
 start (plugin discovery), so it imports eightfold only inside :meth:`EightfoldSweeper.sweep`.
@@ -44,6 +49,29 @@ class EightfoldSweeperConf(BasicSweeperConf):
 ConfigStore.instance().store(
     group="hydra/sweeper", name="eightfold", node=EightfoldSweeperConf, provider="eightfold"
 )
+
+
+def check_memory(runs: list, configs: dict) -> None:
+    """Each valid run on an accelerator gets its estimate (``run.memory``, the table's column);
+    one that is not finished and needs more than ``gpu_memory_gib`` becomes invalid with the
+    reason, so nothing launches (eightfold.memory)."""
+    from eightfold import memory
+    from eightfold import sweep as sw
+
+    for r in runs:
+        cfg = configs.get(tuple(r.overrides))
+        if r.status == sw.INVALID or cfg is None or not memory.on_accelerator(cfg):
+            continue
+        try:
+            limit = memory.gpu_limit(cfg)
+            est = memory.estimate_config(cfg)
+        except memory.MemoryConfigError as err:
+            if cfg.get("gpu_memory_gib") is not None:  # asked for a check that cannot be made
+                r.status, r.error = sw.INVALID, str(err)
+            continue
+        r.memory = est.describe(limit)
+        if limit is not None and not est.fits(limit) and r.status in sw.TODO:
+            r.status, r.error = sw.INVALID, memory.refusal(est, limit)
 
 
 class EightfoldSweeper(BasicSweeper):
@@ -93,7 +121,14 @@ class EightfoldSweeper(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         (jobs,) = self.split_arguments(overrides, None)
-        runs = sw.inspect(jobs, self._compose)
+        configs: dict[tuple, Any] = {}
+
+        def compose(job: list[str]) -> Any:
+            configs[tuple(job)] = cfg = self._compose(job)
+            return cfg
+
+        runs = sw.inspect(jobs, compose)
+        check_memory(runs, configs)
         selected = sw.select(runs, self.only)
         todo = [r for r in sw.shard(selected, self.shard, self.shards) if r.status in sw.TODO]
         invalid = [r for r in selected if r.status == sw.INVALID]
