@@ -9,8 +9,8 @@ import torch
 
 from eightfold.data.datamodule import TokenizedPairs, collate_sft
 from eightfold.data.examples import procedural_split
-from eightfold.generation import encode_prompt, generate
-from eightfold.models import tiny_gpt
+from eightfold.generation import Completion, encode_prompt, generate
+from eightfold.models import char_tokenizer, tiny_gpt
 from eightfold.objectives.base import token_logps
 from eightfold.objectives.step_values import advantages, first_pit, prefix_values, step_value
 from eightfold.rollouts import (
@@ -18,8 +18,9 @@ from eightfold.rollouts import (
     prefix_text,
     rollout_negatives,
     sample_continuations,
+    step_cuts,
 )
-from eightfold.verify import is_correct
+from eightfold.verify import is_correct, split_steps
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -207,21 +208,45 @@ def test_prefix_reuse_gives_the_same_step_values_as_naive_rollouts(policy):
         assert b.counts[: len(a.counts)] == a.counts
 
 
-def test_vllm_backend_fails_clearly_without_vllm(policy):
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        model, tok, examples, negatives = policy
-        with pytest.raises(RuntimeError, match="needs the vllm package"):
-            rollout_negatives(
-                model,
-                tok,
-                negatives[:1],
-                [e.prompt for e in examples],
-                [e.answer for e in examples],
-                "procedural",
-                backend="vllm",
-                model_dir="/nonexistent",
-            )
-    else:  # pragma: no cover
-        pytest.skip("vllm installed")
+def test_rollouts_continue_from_the_sampled_ids_not_the_text(policy):
+    """A negative whose ids hold a token its text does not show (<unk>, dropped by decoding):
+    its prefixes, and so its rollouts, are cut from the ids; re-encoding the text would lose it."""
+    model, tok, examples, negatives = policy
+    p, text = negatives[0]
+    steps = split_steps(text)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    ids = ids[:1] + [tok.unk_token_id] + ids[1:]
+    sampled = Completion(tuple(ids), tok.decode(ids, skip_special_tokens=True))
+    (neg,), _ = rollout_negatives(
+        model,
+        tok,
+        [(p, sampled)],
+        [e.prompt for e in examples],
+        [e.answer for e in examples],
+        "procedural",
+        rollouts=4,
+        max_new_tokens=40,
+        early_stop=False,
+    )
+    assert neg.ids == sampled.ids and neg.steps == steps and neg.cuts[-1] == len(ids)
+    assert tok.unk_token_id in neg.prefix_ids(1) and neg.cuts[1] == len(prefix_text(steps, 1)) + 1
+    for cs in neg.correct:  # kept continuations: their sampled ids, their text the decoding
+        assert all(c.text == tok.decode(list(c.ids), skip_special_tokens=True) for c in cs)
+
+
+@pytest.mark.parametrize(
+    "text, cuts",
+    [
+        ("a=1\nb=2\n#3", [0, 4, 8, 10]),  # one token per character: prefix_text's lengths
+        ("a=1\n\nb=2 \n#3\n", [0, 4, 10, 13]),  # a blank line goes with the next step
+        ("#3", [0, 2]),
+        ("", [0]),
+    ],
+)
+def test_step_cuts_end_each_prefix_at_the_newline_of_its_last_step(text, cuts):
+    tok = char_tokenizer()
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    steps = split_steps(text)
+    assert step_cuts(tok, ids, len(steps)) == cuts
+    for i in range(len(steps)):  # a solution written one step per line: exactly today's prefixes
+        assert split_steps(tok.decode(ids[: cuts[i]])) == steps[:i]

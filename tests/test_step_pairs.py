@@ -2,7 +2,8 @@
 
 Constructed examples, no sampling: a negative of a known arithmetic trace, its pit, and correct
 continuations of the pre-pit prefix written in both operand orders (the only alternatives a
-single-chain trace has for a commutative step).
+single-chain trace has for a commutative step). The texts are tokenised once, as a sampler's ids
+would be, and every side of a pair is cut from those ids.
 """
 
 from __future__ import annotations
@@ -14,12 +15,19 @@ import torch
 
 from eightfold.data.datamodule import collate_sft
 from eightfold.data.examples import Example
-from eightfold.models import tiny_gpt
+from eightfold.generation import Completion
+from eightfold.models import char_tokenizer, tiny_gpt
 from eightfold.objectives.awr import awr_items, collate_weighted
 from eightfold.objectives.base import model_token_logps
 from eightfold.objectives.losses import weighted_nll
 from eightfold.objectives.step_values import shared_prefix_length, step_pairs
-from eightfold.rollouts import NegativeValues
+from eightfold.rollouts import negative_values
+
+TOK = char_tokenizer()
+
+
+def decode(ids) -> str:
+    return TOK.decode(list(ids), skip_special_tokens=True)
 
 
 def first_divergence(a: list[int], b: list[int]) -> int:
@@ -37,15 +45,9 @@ def constructed(seed: int):
     same_order = f"b=a*y={a}*{y}={right}\n#{right}"
     swapped = f"b=y*a={y}*{a}={right}\n#{right}"
     options = [swapped, same_order] if seed % 2 else [same_order, swapped]
-    neg = NegativeValues(
-        problem=0,
-        text="\n".join(steps),
-        steps=steps,
-        counts=[8, 8, 0],
-        flags=[[True] * 8, [True] * 8, [False] * 8],
-        correct=[[], options, []],
-        m=8,
-    )
+    neg = negative_values(TOK, 0, "\n".join(steps), 8)
+    neg.counts, neg.flags = [8, 8, 0], [[True] * 8, [True] * 8, [False] * 8]
+    neg.correct = [[], [Completion.of_text(TOK, c) for c in options], []]
     example = Example(f"x={x} y={y} mod {m}?", "", str(right))
     return neg, example, steps[1]
 
@@ -60,16 +62,18 @@ def test_longest_prefix_chosen_diverges_from_the_pit_at_its_first_wrong_token(se
     neg, example, pit_step = constructed(seed)
     rows = [(neg, [1.0, 1.0, 0.0, 0.0], 1, 1)]
     pairs, stats = step_pairs(
-        rows, [example], "pit", seed, chosen_rule="longest_prefix", tokenize=ids
+        rows, [example], "pit", seed, chosen_rule="longest_prefix", decode=decode
     )
     (pair,) = pairs
-    chosen, rejected = ids(pair.chosen), ids(pair.rejected)
+    chosen, rejected = list(pair.chosen.ids), list(pair.rejected.ids)
+    assert chosen == ids(pair.chosen.text) and rejected == ids(pit_step + "\n")
     # the wrong value's first token: where the pit step leaves the correct same-order step
     first_wrong = pit_step.rindex("=") + 1
-    while pit_step[first_wrong] == pair.chosen[first_wrong]:
+    while pit_step[first_wrong] == pair.chosen.text[first_wrong]:
         first_wrong += 1
     assert first_divergence(chosen, rejected) == len(ids(pit_step[:first_wrong]))
-    assert stats["chosen_rule"] == "longest_prefix" and pair.prefix.startswith("a=x+y=")
+    assert stats["chosen_rule"] == "longest_prefix" and pair.prefix.text.startswith("a=x+y=")
+    assert pair.prefix.ids == neg.prefix_ids(1)  # the negative's own tokens up to the pit
 
 
 def test_random_chosen_can_start_the_contrast_at_the_operand_order():
@@ -78,7 +82,7 @@ def test_random_chosen_can_start_the_contrast_at_the_operand_order():
     for seed in range(12):
         neg, example, _ = constructed(seed)
         (pair,), _ = step_pairs([(neg, [1.0, 1.0, 0.0, 0.0], 1, 1)], [example], "pit", seed)
-        starts.add(shared_prefix_length(pair.chosen, pair.rejected))
+        starts.add(shared_prefix_length(pair.chosen.ids, pair.rejected.ids))
     assert 2 in starts  # "b=" then "y*a" vs "a*y": the contrast is an operand choice
 
 
@@ -91,17 +95,19 @@ def test_paper_pair_form_is_a_full_solution_against_the_negative_cut_after_its_p
         "pit",
         0,
         pair_form="paper",
-        positives={0: [full]},
+        positives={0: [Completion.of_text(TOK, full)]},
+        decode=decode,
     )
-    assert pair.prefix == "" and pair.chosen == full and pair.chosen_eos
-    assert pair.rejected == neg.steps[0] + "\n" + pit_step + "\n" and not pair.rejected_eos
+    assert pair.prefix.ids == () and pair.chosen.text == full and pair.chosen_eos
+    assert pair.rejected.text == neg.steps[0] + "\n" + pit_step + "\n" and not pair.rejected_eos
+    assert pair.rejected.ids == neg.prefix_ids(2)
     assert stats["pair_form"] == "paper"
 
 
 def test_unconfirmed_pits_give_no_pair():
     neg, example, _ = constructed(1)
     pairs, stats = step_pairs(
-        [(neg, [1.0, 1.0, 0.0, 0.0], 1, 1)], [example], "pit", 0, confirmed=lambda p, text: False
+        [(neg, [1.0, 1.0, 0.0, 0.0], 1, 1)], [example], "pit", 0, confirmed=lambda p, ids: False
     )
     assert pairs == [] and stats["pairs_skipped_unconfirmed"] == 1
 

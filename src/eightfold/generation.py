@@ -1,10 +1,17 @@
 """Batched decoding with a KV cache: evaluation, pi_sft's samples and model teachers decode here;
 rollouts use the prefix-sharing engine in :mod:`eightfold.rollouts` with the same padding and
-token rules."""
+token rules.
+
+Token ids are the record of what a model sampled: ``generate_ids`` returns each completion's ids
+with its text, and every objective trains on those ids (a BPE tokenizer need not give the same
+ids back when the text is encoded again, least of all at the join of prompt and completion).
+The text is for the verifier, logs and caches (docs/objectives.md#token-ids-what-is-scored).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -17,8 +24,39 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
 
 
-def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
-    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+def encode_response(tokenizer: PreTrainedTokenizerBase, response: str | Sequence[int]) -> list[int]:
+    """Response ids + EOS: text (a teacher's solution) is tokenised; ids (a sampled completion)
+    are kept as they were sampled."""
+    ids = (
+        tokenizer(response, add_special_tokens=False)["input_ids"]
+        if isinstance(response, str)
+        else list(response)
+    )
+    return ids + [tokenizer.eos_token_id]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """Sampled tokens after a prompt (or a prefix): ``ids`` as drawn (EOS excluded) and ``text``,
+    their decoding (special tokens skipped), which is what the verifier reads."""
+
+    ids: tuple[int, ...]
+    text: str
+
+    @classmethod
+    def of_ids(cls, tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> Completion:
+        return cls(tuple(ids), tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    @classmethod
+    def of_text(cls, tokenizer: PreTrainedTokenizerBase, text: str) -> Completion:
+        """A completion written as text (a test's or a benchmark's negative): tokenised once."""
+        return cls(tuple(tokenizer(text, add_special_tokens=False)["input_ids"]), text)
+
+
+def completion_ids(row: Sequence[int], eos_id: int) -> list[int]:
+    """The sampled ids of one generated row: up to its first EOS (after it, ``generate`` pads)."""
+    row = list(row)
+    return row[: row.index(eos_id)] if eos_id in row else row
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,8 +86,20 @@ def progress_bar(iterable=None, *, desc: str, on: bool | None = None, **kwargs) 
     return tqdm(iterable, desc=desc, disable=not show, leave=False, dynamic_ncols=True, **kwargs)
 
 
-@torch.no_grad()
 def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    **kwargs,
+) -> list[list[str]]:
+    """``num_samples`` completions per prompt, as text (``generate_ids`` with the ids dropped)."""
+    outs = generate_ids(model, tokenizer, prompts, max_new_tokens, **kwargs)
+    return [[c.text for c in cs] for cs in outs]
+
+
+@torch.no_grad()
+def generate_ids(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
@@ -63,8 +113,8 @@ def generate(
     seed: int | None = None,
     progress: bool | None = None,
     desc: str | None = None,
-) -> list[list[str]]:
-    """``num_samples`` completions per prompt (text after the prompt, up to EOS).
+) -> list[list[Completion]]:
+    """``num_samples`` completions per prompt (the ids after ``encode_prompt(prompt)``, up to EOS).
 
     Prompts are left-padded with an attention mask (GPT-2 derives positions from it), decoded
     in batches with ``model.generate``'s KV cache. Sampling is seeded without touching the
@@ -74,7 +124,7 @@ def generate(
     was_training = model.training
     model.eval()
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    out: list[list[str]] = []
+    out: list[list[Completion]] = []
     per_batch = max(1, batch_size // num_samples)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if seed is not None:
@@ -97,7 +147,11 @@ def generate(
                 eos_token_id=tokenizer.eos_token_id,
                 **kwargs,
             )
-            texts = tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
-            out += [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
+            rows = [
+                completion_ids(r, tokenizer.eos_token_id) for r in gen[:, ids.shape[1] :].tolist()
+            ]
+            texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+            done = [Completion(tuple(r), t) for r, t in zip(rows, texts)]
+            out += [done[i : i + num_samples] for i in range(0, len(done), num_samples)]
     model.train(was_training)
     return out

@@ -4,18 +4,21 @@ What it computes (the estimators and the first pit are in
 :mod:`eightfold.objectives.step_values`, which reads these counts):
 
 * A negative y = (y_1 .. y_L) is split with ``verify.split_steps`` (the answer line is step L).
-  Prefix i = the prompt followed by the first i steps, i = 0..L. Prefix L is the whole (wrong)
-  solution: its value is its reward, 0, without any rollout.
+  Prefix i = the prompt followed by the first i steps, i = 0..L, cut from the negative's sampled
+  token ids (``step_cuts``: prefix i ends at the token that ends step i's line); rollouts continue
+  from those ids. Prefix L is the whole (wrong) solution: its value is its reward, 0, without
+  any rollout.
 * For each scored prefix: how many of M rollouts (sampled from pi_sft at ``temperature`` /
-  ``top_p``) end in a correct solution (``verify.is_correct``), the per-rollout flags, and up to
-  ``keep_correct`` unique correct continuations (the chosen candidates of per-step DPO).
+  ``top_p``) end in a correct solution (``verify.is_correct`` on the decoded prefix and
+  continuation), the per-rollout flags, and up to ``keep_correct`` unique correct continuations
+  as sampled ids with their text (the chosen candidates of per-step DPO).
 
 Cost and how it is cut:
 
 * early stop: prefixes of a negative are scored left to right and scoring stops at the first
   dead prefix (0 of M correct): later prefixes are taken as dead too (V = 0), none is rolled out.
-* identical prefixes (the bare prompt shared by all negatives of a problem, common first steps)
-  are rolled out once.
+* identical prefixes (the same token ids: the bare prompt shared by all negatives of a problem,
+  common first steps) are rolled out once.
 * prefix reuse: the M rollouts of one prefix share it: one forward pass over the prefix fills
   the KV cache, which is then expanded M times (``share_prefix=True``). ``share_prefix=False`` is
   the naive path that feeds the prefix M times (what ``generate(num_return_sequences=M)`` does;
@@ -24,6 +27,9 @@ Cost and how it is cut:
   rollout index), by inverse-CDF sampling, so a rollout's tokens do not depend on batching,
   ordering, deduplication or prefix sharing: the shared and naive paths give the same tokens
   (tests/test_rollouts.py), up to float rounding of logits at a CDF boundary.
+
+A faster engine (vLLM, SGLang) would plug in at ``sample_continuations``: prefix ids in, M
+continuation ids per prefix out. None ships: an engine is added with a test that runs it.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from eightfold.generation import encode_prompt, left_pad, progress_bar
+from eightfold.generation import Completion, encode_prompt, left_pad, progress_bar
 from eightfold.verify import is_correct, join_steps, split_steps
 
 log = logging.getLogger(__name__)
@@ -213,6 +219,39 @@ def _decode_chunk(
 
 
 # -----------------------------------------------------------------------------
+# step boundaries in token ids
+
+
+def complete_lines(text: str) -> int:
+    """Non-empty lines of ``text`` that a newline has ended (the steps a prefix holds)."""
+    return sum(1 for line in text.split("\n")[:-1] if line.strip())
+
+
+def step_cuts(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], steps: int) -> list[int]:
+    """Where each step prefix ends in a completion's ids: ``cuts[i]`` = the tokens of prefix i,
+    i = 0..steps (``cuts[steps]`` = all of them).
+
+    Prefix i is the shortest run of tokens whose text holds i complete steps (step i's line
+    and the newline that ends it): the boundary is the token where the step's line ends. With
+    one token per character this is exactly ``prefix_text(steps, i)`` of a solution written one
+    step per line; a token that ends one line and starts the next goes with the earlier step.
+    Found by bisection over decoded prefixes (about log2(len) decodes per step).
+    """
+    ids = list(ids)
+    cuts = [0]
+    for i in range(1, steps):
+        lo, hi = cuts[-1], len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if complete_lines(tokenizer.decode(ids[:mid], skip_special_tokens=True)) >= i:
+                hi = mid
+            else:
+                lo = mid + 1
+        cuts.append(lo)
+    return cuts + [len(ids)] if steps > 0 else [0]
+
+
+# -----------------------------------------------------------------------------
 # rollouts of negatives with early stop
 
 
@@ -227,10 +266,20 @@ class NegativeValues:
         default_factory=list
     )  # correct rollouts per scored prefix 0..len(counts)-1
     flags: list[list[bool]] = field(default_factory=list)  # per scored prefix, per rollout
-    correct: list[list[str]] = field(
+    correct: list[list[Completion]] = field(
         default_factory=list
-    )  # unique correct continuations per scored prefix
+    )  # unique correct continuations (sampled ids and text) per scored prefix
     m: int = 0
+    ids: tuple[int, ...] = ()  # the negative's sampled token ids (after the prompt, no EOS)
+    cuts: list[int] = field(default_factory=list)  # step_cuts: prefix i = ids[: cuts[i]]
+
+    def prefix_ids(self, i: int) -> tuple[int, ...]:
+        """The completion tokens of prefix i (the first i steps, as sampled)."""
+        return tuple(self.ids[: self.cuts[i]])
+
+    def piece(self, i: int, j: int | None = None) -> tuple[int, ...]:
+        """The tokens of steps i+1..j (0-based steps i..j-1; ``j=None``: to the end)."""
+        return tuple(self.ids[self.cuts[i] : self.cuts[j] if j is not None else None])
 
     def to_record(self) -> dict:
         return {
@@ -239,8 +288,10 @@ class NegativeValues:
             "steps": self.steps,
             "counts": self.counts,
             "flags": ["".join("1" if x else "0" for x in f) for f in self.flags],
-            "correct": self.correct,
+            "correct": [[{"text": c.text, "ids": list(c.ids)} for c in cs] for cs in self.correct],
             "m": self.m,
+            "ids": list(self.ids),
+            "cuts": self.cuts,
         }
 
     @classmethod
@@ -251,8 +302,10 @@ class NegativeValues:
             list(r["steps"]),
             list(r["counts"]),
             [[c == "1" for c in f] for f in r["flags"]],
-            [list(c) for c in r["correct"]],
+            [[Completion(tuple(c["ids"]), c["text"]) for c in cs] for cs in r["correct"]],
             r["m"],
+            tuple(r["ids"]),
+            list(r["cuts"]),
         )
 
 
@@ -282,10 +335,22 @@ class RolloutStats:
         }
 
 
+def negative_values(
+    tokenizer: PreTrainedTokenizerBase, problem: int, negative: Completion | str, m: int
+) -> NegativeValues:
+    """An unscored negative: its steps and their token boundaries in its sampled ids (a negative
+    given as text, written by hand, is tokenised once)."""
+    c = negative if isinstance(negative, Completion) else Completion.of_text(tokenizer, negative)
+    steps = split_steps(c.text)
+    return NegativeValues(
+        problem, c.text, steps, m=m, ids=tuple(c.ids), cuts=step_cuts(tokenizer, c.ids, len(steps))
+    )
+
+
 def rollout_negatives(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    negatives: Sequence[tuple[int, str]],
+    negatives: Sequence[tuple[int, Completion | str]],
     prompts: Sequence[str],
     answers: Sequence[str],
     kind: str,
@@ -299,33 +364,29 @@ def rollout_negatives(
     share_prefix: bool = True,
     batch_size: int = 1024,
     keep_correct: int = 4,
-    backend: str = "hf",
-    model_dir: str | None = None,
 ) -> tuple[list[NegativeValues], RolloutStats]:
-    """Score the step prefixes of each negative ``(problem index, solution text)`` by MC rollouts.
+    """Score the step prefixes of each negative ``(problem index, sampled completion)`` by MC
+    rollouts from its token ids.
 
     Prefixes are scored in rounds (round r = prefix r of every negative still alive); a prefix
-    that several negatives share is rolled out once per run.
+    that several negatives share (the same ids) is rolled out once per run.
     """
     if rollouts <= 0:
         raise ValueError(f"rollouts={rollouts!r} is not valid: expected a positive integer, e.g. 8")
     stats = RolloutStats()
     t0 = time.perf_counter()
-    items = [NegativeValues(p, text, split_steps(text), m=rollouts) for p, text in negatives]
+    items = [negative_values(tokenizer, p, c, rollouts) for p, c in negatives]
     stats.naive_rollouts = sum(len(n.steps) for n in items) * rollouts
-    scored: dict[tuple[int, str], tuple[int, list[bool], list[str]]] = {}
+    scored: dict[tuple[int, tuple[int, ...]], tuple[int, list[bool], list[Completion]]] = {}
     alive = [n for n in items if len(n.steps) > 0]
     prompt_ids: dict[int, list[int]] = {}
-    if backend not in ("hf", "vllm"):
-        raise ValueError(f"rollout backend {backend!r} is not valid: expected 'hf' or 'vllm'")
-    engine = _VllmEngine(model_dir, seed) if backend == "vllm" and alive else None
     # a count, not a bar: early stops make the total unknown
     bar = progress_bar(desc="rollouts", unit="prefix")
     while alive:
         stats.rounds += 1
-        need: dict[tuple[int, str], None] = {}
+        need: dict[tuple[int, tuple[int, ...]], None] = {}
         for n in alive:
-            key = (n.problem, prefix_text(n.steps, len(n.counts)))
+            key = (n.problem, n.prefix_ids(len(n.counts)))
             if key not in scored:
                 need[key] = None
         keys = list(need)
@@ -333,42 +394,43 @@ def rollout_negatives(
             for p, _ in keys:
                 if p not in prompt_ids:
                     prompt_ids[p] = encode_prompt(tokenizer, prompts[p])
-            ids = [
-                prompt_ids[p] + tokenizer(text, add_special_tokens=False)["input_ids"]
-                for p, text in keys
-            ]
-            seeds = [rollout_seed(seed, prompts[p], text) for p, text in keys]
-            if engine is not None:
-                conts = engine.sample(ids, rollouts, max_new_tokens, temperature, top_p, seeds)
-            else:
-                conts = sample_continuations(
-                    model,
-                    ids,
-                    rollouts,
-                    max_new_tokens,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                    temperature=temperature,
-                    top_p=top_p,
-                    seeds=seeds,
-                    share_prefix=share_prefix,
-                    batch_size=batch_size,
-                )
-            for (p, text), samples in zip(keys, conts):
-                texts = tokenizer.batch_decode(samples, skip_special_tokens=True) if samples else []
-                flags = [is_correct(text + c, answers[p], kind) for c in texts]
-                unique = list(dict.fromkeys(c for c, f in zip(texts, flags) if f))[:keep_correct]
-                scored[(p, text)] = (sum(flags), flags, unique)
+            texts = [tokenizer.decode(list(ids), skip_special_tokens=True) for _, ids in keys]
+            seeds = [rollout_seed(seed, prompts[p], t) for (p, _), t in zip(keys, texts)]
+            conts = sample_continuations(
+                model,
+                [prompt_ids[p] + list(ids) for p, ids in keys],
+                rollouts,
+                max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                temperature=temperature,
+                top_p=top_p,
+                seeds=seeds,
+                share_prefix=share_prefix,
+                batch_size=batch_size,
+            )
+            for (p, ids), samples in zip(keys, conts):
+                # the verifier reads the decoded prefix and continuation, decoded together
+                full = [list(ids) + s for s in samples]
+                flags = [
+                    is_correct(t, answers[p], kind)
+                    for t in (
+                        tokenizer.batch_decode(full, skip_special_tokens=True) if full else []
+                    )
+                ]
+                unique = list(dict.fromkeys(tuple(s) for s, f in zip(samples, flags) if f))
+                correct = [Completion.of_ids(tokenizer, s) for s in unique[:keep_correct]]
+                scored[(p, ids)] = (sum(flags), flags, correct)
                 stats.rollouts += len(samples)
                 stats.tokens += sum(len(s) for s in samples)
             stats.prefixes += len(keys)
             bar.update(len(keys))
         still = []
         for n in alive:
-            count, flags, unique = scored[(n.problem, prefix_text(n.steps, len(n.counts)))]
+            count, flags, correct = scored[(n.problem, n.prefix_ids(len(n.counts)))]
             n.counts.append(count)
             n.flags.append(flags)
-            n.correct.append(unique)
+            n.correct.append(correct)
             dead = count == 0 and early_stop
             if not dead and len(n.counts) < len(n.steps):
                 still.append(n)
@@ -376,42 +438,3 @@ def rollout_negatives(
     bar.close()
     stats.time_s = time.perf_counter() - t0
     return items, stats
-
-
-class _VllmEngine:
-    """Optional rollout backend: vLLM with automatic prefix caching (GPU machines with vllm).
-
-    Prefix sharing is vLLM's (``n=M`` shares the prompt's KV blocks, APC reuses earlier
-    prefixes); the noise is vLLM's per-request seed, so values match the HF path in
-    distribution, not token for token.
-    """
-
-    def __init__(self, model_dir: str | None, seed: int):
-        try:
-            from vllm import LLM
-        except ImportError as err:  # depends on the machine
-            raise RuntimeError(
-                "objective.rollout_backend=vllm needs the vllm package; use rollout_backend=hf"
-            ) from err
-        if model_dir is None:
-            raise ValueError("the vllm rollout backend needs the SFT model directory")
-        self.llm = LLM(model=model_dir, enable_prefix_caching=True, seed=seed)
-
-    def sample(
-        self, ids, m, max_new_tokens, temperature, top_p, seeds
-    ):  # pragma: no cover - needs vllm
-        from vllm import SamplingParams
-
-        requests = [{"prompt_token_ids": list(x)} for x in ids]
-        params = [
-            SamplingParams(
-                n=m,
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=max_new_tokens,
-                seed=s % (2**31),
-            )
-            for s in seeds
-        ]
-        outs = self.llm.generate(requests, params, use_tqdm=False)
-        return [[list(c.token_ids) for c in o.outputs] for o in outs]

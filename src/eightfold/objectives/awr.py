@@ -6,8 +6,9 @@ the data per-step DPO uses (same negatives, same rollouts from ``PiSft.rollouts`
 same chosen continuation), so a sweep compares the two head to head. Each pair gives two
 weighted sequences:
 
-* the negative's steps up to and including its pit, step i weighted by its advantage
-  A_i = V_{i+1} - V_i (the pit step has a large negative one);
+* the negative's steps up to and including its pit (its sampled tokens, cut at the step
+  boundaries), step i weighted by its advantage A_i = V_{i+1} - V_i (the pit step has a large
+  negative one);
 * the chosen continuation (a correct rollout from the prefix before the pit) as one action,
   with advantage 1 - V_c (its return under BoK is 1, the prefix's value is V_c).
 
@@ -81,9 +82,7 @@ def awr_items(
             return 1.0
         return max(-max_weight, min(max_weight, float(a)))
 
-    def ids(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
+    eos = [tokenizer.eos_token_id]
     by_key = {(neg.problem, neg.text): (neg, values) for neg, values, _pit, _exact in rows}
     items, all_w = [], []
     for pair in pairs:
@@ -92,20 +91,19 @@ def awr_items(
         prompt = encode_prompt(tokenizer, pair.prompt)
         response, weights = [], []
         for i in range(pit + 1 if weighting != "chosen_only" else 0):
+            # step i's sampled tokens (its line and newline; EOS after the answer line)
             last = i == len(neg.steps) - 1
-            toks = ids(neg.steps[i] + ("" if last else "\n")) + (
-                [tokenizer.eos_token_id] if last else []
-            )
+            toks = list(neg.piece(i, i + 1)) + (eos if last else [])
             wi = w(values[i + 1] - values[i])
             response += toks
             weights += [wi] * len(toks)
             all_w.append(wi)
         if response:
             items.append(WeightedItem(prompt, response, weights))
-        chosen = ids(pair.chosen) + [tokenizer.eos_token_id]
+        chosen = list(pair.chosen.ids) + eos
         wc = w(1.0 - values[pit])
         all_w.append(wc)
-        items.append(WeightedItem(prompt + ids(pair.prefix), chosen, [wc] * len(chosen)))
+        items.append(WeightedItem(prompt + list(pair.prefix.ids), chosen, [wc] * len(chosen)))
     stats = {
         "awr_items": len(items),
         "awr_mean_weight": round(sum(all_w) / len(all_w), 4) if all_w else None,
@@ -156,7 +154,7 @@ class AWRModule(PolicyModule):
             "pit",
             seed,
             chosen_rule=o.get("chosen", "random"),
-            tokenize=self._ids,
+            decode=self._text,
         )
         pi_sft.release()
         # 2. two weighted sequences per pair, then the budget (the same steps as awr_control)
@@ -181,8 +179,8 @@ class AWRModule(PolicyModule):
     def result_fields(self) -> dict:
         return dict(self._fields)
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def _text(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         tok, mask = model_token_logps(self.model, batch, self.logits_chunk_size)

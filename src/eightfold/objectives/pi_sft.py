@@ -14,9 +14,11 @@ objective's ``prepare`` (the ``Objective`` contract in ``objectives/__init__.py`
 * ``.rollouts(...)``: the Monte Carlo step values of the selected negatives (cached the same way
   under ``cache/rollouts/``), shared by step_dpo and awr.
 
-Record of one sample: ``{"problem": i, "j": j, "completion": str, "correct": bool,
-"first_wrong_step": int | None (procedural; None = every step right), "teacher": bool (same
-steps as the teacher's solution)}``.
+Record of one sample: ``{"problem": i, "j": j, "completion": str, "ids": [int] (the sampled
+tokens after ``encode_prompt(prompt)``, EOS excluded), "correct": bool, "first_wrong_step": int |
+None (procedural; None = every step right), "teacher": bool (same steps as the teacher's
+solution)}``. The objectives train on ``ids``; ``completion`` (their decoding) is what the
+verifier read.
 """
 
 from __future__ import annotations
@@ -36,11 +38,10 @@ from eightfold.config import SAMPLE_PROMPTS
 from eightfold.data.arithmetic import first_wrong_step, generate_problems
 from eightfold.data.cache import load_or_build
 from eightfold.data.examples import Example
-from eightfold.generation import encode_prompt, generate
+from eightfold.generation import Completion, encode_prompt, generate_ids
 from eightfold.models import hf_causal_lm, run_device
 from eightfold.rollouts import (
     NegativeValues,
-    prefix_text,
     rollout_negatives,
     rollout_seed,
     sample_continuations,
@@ -51,6 +52,9 @@ from eightfold.verify import is_correct, split_steps
 log = logging.getLogger(__name__)
 
 PROMPT_SETS = SAMPLE_PROMPTS
+# Part of the samples' and rollouts' cache keys: 2 = records carry the sampled token ids (an
+# entry written before has none and is never read again).
+RECORD_FORMAT = 2
 
 
 def load_pretrained(model_dir: Path):
@@ -133,8 +137,8 @@ def draw_samples(
     seed: int,
     batch_size: int,
 ) -> list[dict]:
-    """k samples per example through ``generation.generate`` (the one decoding path), verified."""
-    outs = generate(
+    """k samples per example through ``generation.generate_ids`` (the one decoding path), verified."""
+    outs = generate_ids(
         model,
         tokenizer,
         [e.prompt for e in examples],
@@ -149,17 +153,17 @@ def draw_samples(
     records = []
     for i, (e, completions) in enumerate(zip(examples, outs)):
         for j, c in enumerate(completions):
-            ok = is_correct(c, e.answer, kind)
             records.append(
                 {
                     "problem": i,
                     "j": j,
-                    "completion": c,
-                    "correct": ok,
-                    "first_wrong_step": first_wrong_step(e.problem, c)
+                    "completion": c.text,
+                    "ids": list(c.ids),
+                    "correct": is_correct(c.text, e.answer, kind),
+                    "first_wrong_step": first_wrong_step(e.problem, c.text)
                     if e.problem is not None
                     else None,
-                    "teacher": same_steps(c, e.solution),
+                    "teacher": same_steps(c.text, e.solution),
                 }
             )
     return records
@@ -203,21 +207,26 @@ def sample_stats(samples: SampleSet) -> dict:
     return out
 
 
+def sample_completion(record: dict) -> Completion:
+    """A sample record's sampled ids and text."""
+    return Completion(tuple(record["ids"]), record["completion"])
+
+
 def select_negatives(
     samples: SampleSet, per_problem: int | None, max_total: int | None, seed: int
-) -> tuple[list[tuple[int, str]], int]:
-    """Unique incorrect samples (problem index, text): at most ``per_problem`` per problem and
-    ``max_total`` overall, picked by a seeded shuffle (the same set for dpo, step_dpo, awr), and
-    how many the ``max_total`` cap dropped."""
+) -> tuple[list[tuple[int, Completion]], int]:
+    """Unique incorrect samples (problem index, sampled completion), unique by their steps (the
+    first sample of each): at most ``per_problem`` per problem and ``max_total`` overall, picked
+    by a seeded shuffle (the same set for dpo, step_dpo, awr), and how many the cap dropped."""
     seen: set[tuple[int, tuple[str, ...]]] = set()
-    by_problem: dict[int, list[str]] = {}
+    by_problem: dict[int, list[Completion]] = {}
     for r in samples.records:
         key = (r["problem"], tuple(split_steps(r["completion"])))
         if not r["correct"] and key not in seen:
             seen.add(key)
-            by_problem.setdefault(r["problem"], []).append(r["completion"])
+            by_problem.setdefault(r["problem"], []).append(sample_completion(r))
     rng = random.Random(f"negatives-{seed}")
-    chosen: list[tuple[int, str]] = []
+    chosen: list[tuple[int, Completion]] = []
     for p in sorted(by_problem):
         texts = by_problem[p]
         rng.shuffle(texts)
@@ -251,7 +260,7 @@ class PiSft:
         self.kind = data.kind
         self._samples: SampleSet | None = None
         self.negatives_capped: int | None = None  # set by negatives()
-        self._negatives: list[tuple[int, str]] | None = None
+        self._negatives: list[tuple[int, Completion]] | None = None
         self._t0 = time.perf_counter()
 
     # -- samples -------------------------------------------------------------
@@ -266,6 +275,7 @@ class PiSft:
             "seed": int(self.cfg.seed),
             "batch_size": int(o.sample_batch_size),
             "kind": self.kind,
+            "format": RECORD_FORMAT,
             "prompts": {
                 "set": o.get("sample_prompts", "train"),
                 "n": len(examples),
@@ -306,7 +316,7 @@ class PiSft:
         return self._samples
 
     # -- rollouts ------------------------------------------------------------
-    def negatives(self) -> list[tuple[int, str]]:
+    def negatives(self) -> list[tuple[int, Completion]]:
         """The selected negatives; ``self.negatives_capped`` counts those the opt-in
         ``max_negatives`` cap dropped (reported in result.json when it binds)."""
         if self._negatives is None:  # rollouts() and the pairs both ask: select once
@@ -334,7 +344,7 @@ class PiSft:
             "seed": int(self.cfg.seed),
             "early_stop": bool(o.early_stop),
             "keep_correct": int(o.keep_correct),
-            "backend": o.get("rollout_backend", "hf"),
+            "format": RECORD_FORMAT,
         }
 
         def build():
@@ -354,8 +364,6 @@ class PiSft:
                 share_prefix=bool(o.prefix_reuse),
                 batch_size=int(o.rollout_batch_size),
                 keep_correct=int(o.keep_correct),
-                backend=o.get("rollout_backend", "hf"),
-                model_dir=str(self.dir),
             )
             log.info("rolled out %d negatives: %s", len(items), stats.as_dict())
             return [{"type": "summary", **stats.as_dict()}] + [
@@ -376,32 +384,26 @@ class PiSft:
         stats["rollouts_cached"] = not built  # the time above is that of the pass that built them
         return items, stats
 
-    def confirm_pits(self, rows, n: int) -> tuple[Callable[[int, str], bool], dict]:
+    def confirm_pits(self, rows, n: int) -> tuple[Callable[[int, tuple[int, ...]], bool], dict]:
         """A pit is confirmed when ``n`` more rollouts from the prefix that ends with the pit step
-        are all wrong (M rollouts can miss a recoverable step); returns the check step_pairs
-        uses, and counts. Seeded per (seed, prompt, prefix): the same on every run."""
+        (the negative's ids through it) are all wrong (M rollouts can miss a recoverable step);
+        returns the check step_pairs uses, ``(problem, prefix ids) -> bool``, and counts. Seeded
+        per (seed, prompt, prefix text): the same on every run."""
         examples = self.samples().examples
+        tok = self.tokenizer
         keys = sorted(
-            {
-                (neg.problem, prefix_text(neg.steps, pit + 1))
-                for neg, _v, pit, _e in rows
-                if pit is not None
-            }
+            {(neg.problem, neg.prefix_ids(pit + 1)) for neg, _v, pit, _e in rows if pit is not None}
         )
-        dead: dict[tuple[int, str], bool] = {}
+        dead: dict[tuple[int, tuple[int, ...]], bool] = {}
         if keys:
-            ids = [
-                encode_prompt(self.tokenizer, examples[p].prompt)
-                + self.tokenizer(text, add_special_tokens=False)["input_ids"]
-                for p, text in keys
-            ]
+            texts = [tok.decode(list(ids), skip_special_tokens=True) for _, ids in keys]
             seeds = [
                 rollout_seed(int(self.cfg.seed), "confirm", examples[p].prompt, text)
-                for p, text in keys
+                for (p, _), text in zip(keys, texts)
             ]
             conts = sample_continuations(
                 self.model,
-                ids,
+                [encode_prompt(tok, examples[p].prompt) + list(ids) for p, ids in keys],
                 n,
                 int(self.obj.max_new_tokens),
                 eos_token_id=self.tokenizer.eos_token_id,
@@ -411,17 +413,15 @@ class PiSft:
                 seeds=seeds,
                 batch_size=int(self.obj.rollout_batch_size),
             )
-            for (p, text), samples in zip(keys, conts):
-                texts = self.tokenizer.batch_decode(samples, skip_special_tokens=True)
-                dead[(p, text)] = not any(
-                    is_correct(text + c, examples[p].answer, self.kind) for c in texts
-                )
+            for (p, ids), samples in zip(keys, conts):
+                full = tok.batch_decode([list(ids) + s for s in samples], skip_special_tokens=True)
+                dead[(p, ids)] = not any(is_correct(t, examples[p].answer, self.kind) for t in full)
         stats = {
             "pits_checked": len(dead),
             "pits_confirmed": sum(dead.values()),
             "confirm_rollouts": n,
         }
-        return (lambda p, text: dead.get((p, text), False)), stats
+        return (lambda p, ids: dead.get((p, tuple(ids)), False)), stats
 
     def release(self) -> None:
         """Free pi_sft once the data (and reference log-probs) are built."""

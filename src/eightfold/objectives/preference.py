@@ -1,8 +1,9 @@
 """Preference pairs: construction from samples, tokenisation, collation, cached reference log-probs.
 
-A ``PreferencePair`` is (prompt, prefix, chosen, rejected). The prefix is solution text shared by
-both sides (per-step DPO: the steps before the pit); prompt + prefix are masked (labels -100),
-only chosen / rejected tokens are scored. Chosen and rejected rows go through ONE forward pass:
+A ``PreferencePair`` is (prompt, prefix, chosen, rejected). The prefix is solution shared by both
+sides (per-step DPO: the steps before the pit); prompt + prefix are masked (labels -100), only
+chosen / rejected tokens are scored. Prefix, chosen and rejected are ``Completion``s: the token
+ids pi_sft sampled (scored as they are, never re-encoded from text) and their text (logs). Chosen and rejected rows go through ONE forward pass:
 the batch is ``[chosen_1..chosen_B, rejected_1..rejected_B]`` (TRL's layout), right-padded, built
 by the same ``collate_sft`` the SFT objective uses.
 
@@ -26,20 +27,24 @@ from torch.utils.data import Dataset
 
 from eightfold.data.cache import load_or_build
 from eightfold.data.datamodule import collate_sft
-from eightfold.generation import encode_prompt
+from eightfold.generation import Completion, encode_prompt
 from eightfold.objectives.base import sequence_logps
+from eightfold.objectives.pi_sft import sample_completion
 from eightfold.verify import split_steps
 
 log = logging.getLogger(__name__)
+
+
+NONE = Completion((), "")  # no shared prefix: a whole-solution pair
 
 
 @dataclass
 class PreferencePair:
     problem: int
     prompt: str
-    prefix: str  # shared solution text after the prompt (masked), "" for whole-solution pairs
-    chosen: str
-    rejected: str
+    prefix: Completion  # shared solution tokens after the prompt (masked), NONE for whole solutions
+    chosen: Completion
+    rejected: Completion
     chosen_eos: bool = True  # a complete solution ends with EOS
     rejected_eos: bool = True  # a negative cut after its pit does not
     meta: dict = field(default_factory=dict)
@@ -53,19 +58,15 @@ class TokenizedPair:
 
 
 def tokenize_pair(tokenizer, pair: PreferencePair) -> TokenizedPair:
-    """Same token rule as SFT: ``encode_prompt`` for the prompt, the response tokenised on its own
-    (+ EOS when the side is a complete solution)."""
-    prompt = encode_prompt(tokenizer, pair.prompt)
-    if pair.prefix:
-        prompt += tokenizer(pair.prefix, add_special_tokens=False)["input_ids"]
-
-    def side(text: str, eos: bool) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"] + (
-            [tokenizer.eos_token_id] if eos else []
-        )
-
+    """The ids pi_sft sampled from: ``encode_prompt`` (the prompt as ``generate_ids`` and the
+    rollouts encoded it) + the prefix's sampled ids; each side's sampled ids, + EOS when the side
+    is a complete solution (SFT's rule; the one token that may not have been sampled, where a
+    sample reached max_new_tokens)."""
+    eos = [tokenizer.eos_token_id]
     return TokenizedPair(
-        prompt, side(pair.chosen, pair.chosen_eos), side(pair.rejected, pair.rejected_eos)
+        encode_prompt(tokenizer, pair.prompt) + list(pair.prefix.ids),
+        list(pair.chosen.ids) + (eos if pair.chosen_eos else []),
+        list(pair.rejected.ids) + (eos if pair.rejected_eos else []),
     )
 
 
@@ -163,21 +164,22 @@ def cached_reference_logps(
     return [(r["chosen"], r["rejected"]) for r in records], stats
 
 
-def correct_solutions(samples) -> dict[int, list[str]]:
-    """Problem index -> its unique correct self-samples (as step lists joined by newlines), in
-    sampling order; problems without one are absent."""
-    positives: dict[int, list[str]] = {}
+def correct_solutions(samples) -> dict[int, list[Completion]]:
+    """Problem index -> its correct self-samples, unique by their steps (the first sample of
+    each), in sampling order; problems without one are absent."""
+    positives: dict[int, list[Completion]] = {}
     for p, recs in samples.by_problem.items():
-        uniq = list(
-            dict.fromkeys(tuple(split_steps(r["completion"])) for r in recs if r["correct"])
-        )
+        uniq: dict[tuple[str, ...], Completion] = {}
+        for r in recs:
+            if r["correct"]:
+                uniq.setdefault(tuple(split_steps(r["completion"])), sample_completion(r))
         if uniq:
-            positives[p] = ["\n".join(u) for u in uniq]
+            positives[p] = list(uniq.values())
     return positives
 
 
 def plain_dpo_pairs(
-    samples, negatives: Sequence[tuple[int, str]], seed: int
+    samples, negatives: Sequence[tuple[int, Completion]], seed: int
 ) -> tuple[list[PreferencePair], dict]:
     """Standard DPO (paper §3.3): chosen = a correct self-sample of the same problem, rejected =
     the whole negative; problems without a correct sample give no pair (no teacher fallback: it
@@ -193,5 +195,5 @@ def plain_dpo_pairs(
         i = cursor.get(p, rng.randrange(len(options)))
         cursor[p] = (i + 1) % len(options)  # cycle through the positives of a problem
         ex = samples.examples[p]
-        pairs.append(PreferencePair(p, ex.prompt, "", options[i], "\n".join(split_steps(neg))))
+        pairs.append(PreferencePair(p, ex.prompt, NONE, options[i], neg))
     return pairs, {"pairs_skipped_no_chosen": skipped}

@@ -13,7 +13,8 @@ right, procedural only, not paper-faithful), de-duplicated per problem on their 
 continuation lr (the matched-control design, docs/results.md#cpu-testbed-2-step-dpo-pilots); ``base`` retrains from the model as
 built by ``cfg.model`` (the paper's [M] recipe) for ``trainer.max_steps`` at ``base_lr``.
 The samples go through the datamodule's own SFT path (``data.with_train_pairs``), so batching,
-shuffling and the loss are exactly SFT's.
+shuffling and the loss are exactly SFT's; a self-generated solution is trained on as the token
+ids pi_sft sampled (``encode_response`` keeps ids), the teacher's as text tokenised like SFT.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from __future__ import annotations
 import logging
 
 from eightfold.config import FILTERS, INITS, POSITIVES
+from eightfold.generation import Completion
 from eightfold.objectives.base import step_budget
+from eightfold.objectives.pi_sft import sample_completion
 from eightfold.objectives.sft import SFTModule
 from eightfold.verify import split_steps
 
@@ -30,13 +33,13 @@ log = logging.getLogger("eightfold")
 
 def rft_positives(
     samples, max_per_problem: int | None, filter_: str = "answer"
-) -> tuple[dict[int, list[str]], dict]:
-    """Unique verified-correct samples per problem (capped), and counts about them."""
+) -> tuple[dict[int, list[Completion]], dict]:
+    """Verified-correct samples per problem, unique by their steps (capped), and counts."""
     if filter_ not in FILTERS:
         raise ValueError(
             f"objective.filter={filter_!r} is not valid: expected one of {', '.join(FILTERS)}"
         )
-    kept: dict[int, list[str]] = {}
+    kept: dict[int, list[Completion]] = {}
     dropped_cap = dropped_filter = 0
     novel = spurious = 0
     for p in sorted(samples.by_problem):
@@ -52,7 +55,7 @@ def rft_positives(
             if max_per_problem is not None and len(kept.get(p, [])) >= max_per_problem:
                 dropped_cap += 1
                 continue
-            kept.setdefault(p, []).append("\n".join(steps))
+            kept.setdefault(p, []).append(sample_completion(r))
             novel += not r["teacher"]
             spurious += r["first_wrong_step"] is not None
     stats = {
@@ -113,10 +116,10 @@ class RFTModule(SFTModule):
         teacher = [(e.prompt, e.solution) for e in data.train_examples]
         teacher_steps = {(e.prompt, tuple(split_steps(e.solution))) for e in data.train_examples}
         own = [
-            (examples[p].prompt, s)
+            (examples[p].prompt, list(c.ids))  # the sampled ids, not the text encoded again
             for p in sorted(kept)
-            for s in kept[p]
-            if (examples[p].prompt, tuple(split_steps(s))) not in teacher_steps
+            for c in kept[p]
+            if (examples[p].prompt, tuple(split_steps(c.text))) not in teacher_steps
             or o.positives == "self"
         ]
         pairs = {"teacher+self": teacher + own, "self": own, "teacher": teacher}[o.positives]

@@ -48,7 +48,7 @@ class StepDPOModule(DPOModule):
             o.rejected,
             int(cfg.seed),
             chosen_rule=o.get("chosen", "random"),
-            tokenize=lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"],
+            decode=lambda ids: self.tokenizer.decode(list(ids), skip_special_tokens=True),
             pair_form=o.get("pair_form", "shared_prefix"),
             positives=correct_solutions(samples),
             confirmed=confirmed,

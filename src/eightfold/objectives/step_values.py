@@ -25,9 +25,10 @@ from collections.abc import Callable, Sequence
 
 from eightfold.config import CHOSEN_RULES, PAIR_FORMS, PIT_RULES, REJECTED, VALUES
 from eightfold.data.arithmetic import first_wrong_step
-from eightfold.objectives.preference import PreferencePair
-from eightfold.rollouts import NegativeValues, prefix_text
-from eightfold.verify import join_steps, split_steps
+from eightfold.generation import Completion
+from eightfold.objectives.preference import NONE, PreferencePair
+from eightfold.rollouts import NegativeValues
+from eightfold.verify import split_steps
 
 VALUE_ESTIMATORS = VALUES  # the names used in messages below
 REJECTED_MODES = REJECTED
@@ -174,25 +175,33 @@ def step_pairs(
     seed: int,
     *,
     chosen_rule: str = "random",
-    tokenize: Callable[[str], Sequence] = list,
+    decode: Callable[[Sequence[int]], str] | None = None,
     pair_form: str = "shared_prefix",
-    positives: dict[int, list[str]] | None = None,
-    confirmed: Callable[[int, str], bool] | None = None,
+    positives: dict[int, list[Completion]] | None = None,
+    confirmed: Callable[[int, tuple[int, ...]], bool] | None = None,
 ) -> tuple[list[PreferencePair], dict]:
     """Preference pairs at the first pit of each negative (``rows`` from :func:`pit_analysis`).
 
-    1. skip a negative without a pit, or whose pit ``confirmed`` (extra rollouts after the pit
-       step) does not confirm;
+    Every side is cut from sampled token ids at step boundaries (``NegativeValues.cuts``) or is
+    a sampled continuation, never text encoded again; ``decode`` gives the cut pieces their
+    text (for logs; None: the text is left empty).
+
+    1. skip a negative without a pit, or whose pit ``confirmed(problem, prefix ids through the
+       pit)`` (extra rollouts after the pit step) does not confirm;
     2. the chosen side: ``shared_prefix`` form (Thm 6.1): a correct rollout continuation of the
        prefix before the pit whose first step differs from the pit step; ``chosen_rule``
        ``longest_prefix`` takes the one sharing the most tokens with the pit step, so the
        contrast starts at the first wrong token (ties and ``random``: a seeded draw).
        ``paper`` form (§4): a full correct solution of the problem (a correct self-sample from
        ``positives``, else a correct rollout from the bare prompt), from the prompt;
-    3. the rejected side: the pit step (``rejected: pit``, no EOS unless it is the last step) or
-       the whole remainder (``rest``); in the paper form the negative's steps through the pit;
+    3. the rejected side: the pit step's tokens (``rejected: pit``, no EOS unless it is the last
+       step) or the whole remainder (``rest``); in the paper form the negative through the pit;
     4. drop duplicates (the same problem and steps through the pit).
     """
+
+    def cut(ids: tuple[int, ...]) -> Completion:
+        return Completion(ids, decode(ids) if decode is not None else "")
+
     if rejected_mode not in REJECTED_MODES:
         raise ValueError(
             f"objective.rejected={rejected_mode!r} is not valid: expected one of"
@@ -211,27 +220,27 @@ def step_pairs(
             no_pit += 1
             continue
         steps = neg.steps
-        if confirmed is not None and not confirmed(neg.problem, prefix_text(steps, pit + 1)):
+        if confirmed is not None and not confirmed(neg.problem, neg.prefix_ids(pit + 1)):
             unconfirmed += 1
             continue
         last = pit == len(steps) - 1
         if pair_form == "paper":
-            prefix = ""
+            prefix = NONE
             options = (positives or {}).get(neg.problem) or (neg.correct[0] if neg.correct else [])
-            rejected, rejected_eos = join_steps(steps[: pit + 1]) + ("" if last else "\n"), last
+            rejected, rejected_eos = cut(neg.prefix_ids(pit + 1)), last
             key = (neg.problem, pit, tuple(steps[: pit + 1]))
         else:
-            prefix = prefix_text(steps, pit)
+            prefix = cut(neg.prefix_ids(pit))
             # correct continuations of the prefix before the pit whose first step is not the pit
             options = [
                 c
                 for c in (neg.correct[pit] if pit < len(neg.correct) else [])
-                if (split_steps(c) or [""])[0] != steps[pit]
+                if (split_steps(c.text) or [""])[0] != steps[pit]
             ]
             if rejected_mode == "pit":
-                rejected, rejected_eos = steps[pit] + ("" if last else "\n"), last
+                rejected, rejected_eos = cut(neg.piece(pit, pit + 1)), last
             else:
-                rejected, rejected_eos = join_steps(steps[pit:]), True
+                rejected, rejected_eos = cut(neg.piece(pit)), True
             key = (
                 neg.problem,
                 pit,
@@ -245,8 +254,8 @@ def step_pairs(
             continue
         seen.add(key)
         if chosen_rule == "longest_prefix" and pair_form == "shared_prefix":
-            pit_tokens = tokenize(steps[pit])
-            lengths = [shared_prefix_length(tokenize(c), pit_tokens) for c in options]
+            pit_tokens = neg.piece(pit, pit + 1)
+            lengths = [shared_prefix_length(c.ids, pit_tokens) for c in options]
             options = [c for c, n in zip(options, lengths) if n == max(lengths)]
         ex = examples[neg.problem]
         pairs.append(
