@@ -67,7 +67,7 @@ POSITIVES = ("teacher+self", "self", "teacher")
 INITS = ("sft", "base")
 FILTERS = ("answer", "strict")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm")
-ROLLOUT_BACKENDS = ("hf", "vllm")
+ROLLOUT_BACKENDS = ("hf",)  # a faster engine plugs in at rollouts.sample_continuations
 CHOSEN_RULES = ("longest_prefix", "random")
 PAIR_FORMS = ("shared_prefix", "paper")
 WEIGHTINGS = ("signed", "exp", "chosen_only")
@@ -229,7 +229,8 @@ class _Rollouts:
     keep_correct: int = _f("correct continuations kept per prefix (the chosen candidates)")
     rollout_batch_size: int = _f("rows per decode batch (speed only: noise is per rollout)")
     rollout_backend: RolloutBackend = _f(  # type: ignore[valid-type]
-        "hf (transformers generate) | vllm (needs the vllm package and a GPU)"
+        "hf: eightfold.rollouts' KV-cache engine, the only one (where another would plug in:"
+        " docs/objectives.md#rollouts-the-cost-centre)"
     )
 
 
