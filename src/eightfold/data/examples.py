@@ -24,12 +24,20 @@ class Example:
 
 
 def procedural_split(
-    size: int, seed: int, test_size: int, test_seed: int, chains: int, steps: int, modulus: int
+    size: int,
+    seed: int,
+    test_size: int,
+    test_seed: int,
+    chains: int,
+    steps: int,
+    modulus: int,
+    **variant: Any,
 ) -> tuple[list[Example], list[Example]]:
-    """(train, test). Test problems come from their own stream; training skips their prompts."""
-    test = generate_problems(test_size, test_seed, chains, steps, modulus)
+    """(train, test). Test problems come from their own stream; training skips their prompts.
+    ``variant``: the choice-variant keys of ``data.task`` (``arithmetic.generate_problems``)."""
+    test = generate_problems(test_size, test_seed, chains, steps, modulus, **variant)
     exclude = {p.prompt for p in test}
-    train = generate_problems(size, seed, chains, steps, modulus, exclude=exclude)
+    train = generate_problems(size, seed, chains, steps, modulus, exclude=exclude, **variant)
 
     # The teacher writes one uniformly random valid order per problem, seeded per problem index
     # so that the first n solutions do not depend on the total size.

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from eightfold.data.arithmetic import Problem, pool_size, random_problem
 from eightfold.verify import extract_answer
@@ -123,8 +124,10 @@ def procedural_stream(
     steps: int,
     modulus: int,
     exclude: set[str] | frozenset[str] = frozenset(),
+    **variant: Any,
 ) -> Iterator[Problem]:
     """The problems of ``generate_problems(n, seed, ...)`` for every n, lazily, in the same order.
+    ``variant``: the choice-variant keys of ``data.task`` (distractors, siblings).
 
     Must stay in step with ``arithmetic.generate_problems`` (tests/test_synthetic.py checks it).
     """
@@ -132,7 +135,7 @@ def procedural_stream(
     seen = set(exclude)
     limit = pool_size(chains, steps, modulus)
     while len(seen) < limit:  # the pool is finite: the stream ends instead of looping forever
-        p = random_problem(rng, chains, steps, modulus)
+        p = random_problem(rng, chains, steps, modulus, **variant)
         if p.prompt not in seen:
             seen.add(p.prompt)
             yield p

@@ -38,7 +38,7 @@ from typing import Any
 
 from eightfold import __version__
 from eightfold.data import cache
-from eightfold.data.arithmetic import Problem, first_wrong_step
+from eightfold.data.arithmetic import Problem, first_wrong_step, unneeded_steps
 from eightfold.data.examples import Example, procedural_split
 from eightfold.data.seeds import (
     Seed,
@@ -185,8 +185,8 @@ def judge(
     """One teacher sample -> its solution (in the one step format), answer and verdict.
 
     verdict: format_fail (no answer) | unverified (no reference) | wrong | spurious (right answer,
-    a wrong step: procedural only, exact) | clean (right answer, every step right) | correct
-    (right answer, steps not checkable).
+    a wrong or an unneeded step: procedural only, exact) | clean (right answer, every step right
+    and needed) | correct (right answer, steps not checkable).
     """
     solution = join_steps(split_steps(text)) if len(text) <= MAX_COMPLETION_CHARS else ""
     answer = extract_answer(solution, kind) if solution else None
@@ -210,7 +210,9 @@ def judge(
         elif problem is None:
             verdict = "correct"
         else:
-            verdict = "clean" if out["first_wrong_step"] is None else "spurious"
+            # an unneeded step (a distractor computed) is spurious too; none on the base task
+            clean = out["first_wrong_step"] is None and not unneeded_steps(problem, solution)
+            verdict = "clean" if clean else "spurious"
     out["verdict"] = verdict
     return out
 

@@ -2,8 +2,8 @@
 
     procedural  the generator's own solutions, with injected errors at a known step: a wrong
                 step (propagated, final answer wrong) with ``error_rate``, a spurious step (a wrong
-                intermediate value or a useless extra step, final answer still right: the failure
-                mode RFT amplifies) with ``spurious_rate``.
+                intermediate value, a useless extra step or a prompt's distractor computed, final
+                answer still right: the failure mode RFT amplifies) with ``spurious_rate``.
     hf          any local transformers causal LM (a directory in save_pretrained format, e.g. an
                 SFT run's ``model/``), batched sampling through ``eightfold.generation.generate``.
     openai      any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, Gemini via a proxy,
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from eightfold.data.arithmetic import STEP_RE, Problem, apply
+from eightfold.data.arithmetic import STEP_RE, Problem, apply, insert_distractor
 from eightfold.runfiles import fingerprint_path
 from eightfold.verify import join_steps, split_steps
 
@@ -127,7 +127,9 @@ def _positive(value: Any, key: str) -> int:
 # procedural
 
 
-SPURIOUS_KINDS = ("wrong_value", "extra_step")
+SPURIOUS_KINDS = ("wrong_value", "extra_step", "distractor")
+# distractor (the choice variant, data.task.distractors) is opt-in: the default draws stay put
+DEFAULT_SPURIOUS_KINDS = ("wrong_value", "extra_step")
 
 
 class ProceduralTeacher:
@@ -146,7 +148,7 @@ class ProceduralTeacher:
         self,
         error_rate: float = 0.0,
         spurious_rate: float = 0.0,
-        spurious_kinds: Sequence[str] = SPURIOUS_KINDS,
+        spurious_kinds: Sequence[str] = DEFAULT_SPURIOUS_KINDS,
         samples: int = 1,
         batch_size: int = 1024,
     ):
@@ -195,6 +197,10 @@ class ProceduralTeacher:
             kind = rng.choice(self.spurious_kinds)
             if kind == "wrong_value":
                 text, step = corrupt(problem, clean, rng, propagate=False)
+            elif kind == "distractor":  # a prompt's distractor computed; none: an extra step
+                text, step = insert_distractor(problem, clean, rng) or extra_step(
+                    problem, clean, rng
+                )
             else:
                 text, step = extra_step(problem, clean, rng)
             return {"text": text, "injected": f"spurious:{kind}", "injected_step": step}
