@@ -97,6 +97,12 @@ CHANGED = json.loads((REPO / "tests" / "data" / "config_hashes.json").read_text(
 # data_source's variants were `objective=rft objective.positives=self|teacher` (objective.name
 # "rft"); they are now the objective files rft_self / rft_control, named after the file. The name
 # is part of the config, so their hashes change too (they are also built on rft).
+# Studies rewritten on purpose since the baseline: every run of them moved, nothing to compare.
+REWRITTEN = {
+    "gsm8k_7b": "issue 15: trainer=fsdp and recipe=7b replaced DDP, bf16 master weights and the"
+    " tiny model's learning rates, which could not fit or train a 7B model",
+}
+
 RENAMED = {
     "data_source": {
         "objective.positives=self": "rft_self",
@@ -135,7 +141,7 @@ def test_sweep_file_expands_to_the_recorded_runs(path, tmp_path):
     assert f"would launch {len(names)} of {len(names)}" in proc.stdout
     assert "eightfold-train -m " in proc.stdout
     assert len(set(names)) == len(names)  # no two grid points share a run directory
-    if path.stem not in HASHES:  # a study added after the baseline
+    if path.stem not in HASHES or path.stem in REWRITTEN:  # added or rewritten since the baseline
         return
     recorded = {_old_point(path.stem, r["overrides"]): r["config_hash"] for r in HASHES[path.stem]}
     got = {_new_point(name): run_hash(name) for name in names}

@@ -30,6 +30,8 @@ HASH_EXCLUDE = (
     "trainer.log_every_n_steps",
     "checkpoint_every_n_steps",
     "save_model",
+    "recipe",  # read by the objective files: the values it feeds are hashed where they land
+    "gpu_memory_gib",  # a check before launch (eightfold.memory), never what a run computes
     # how a teacher is reached, never what it writes (the cache ignores these too)
     "data.teacher.concurrency",
     "data.teacher.max_retries",

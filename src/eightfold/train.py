@@ -16,6 +16,7 @@ job of the sweep (``eightfold-sweep`` reads each run's own files for the summary
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -461,7 +462,7 @@ def base_config(cfg: DictConfig) -> DictConfig:
     steps = spec.get("steps")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ConfigError(f"base.steps={steps!r} is invalid: give a positive number of steps")
-    base = cfg.copy()
+    base = copy.deepcopy(cfg)  # a deep copy: the caller's trainer / data nodes stay as they are
     OmegaConf.set_struct(base, False)
     base.objective = objective_config("sft")
     if spec.get("lr") is not None:
