@@ -328,9 +328,7 @@ def _run_locked(cfg: DictConfig, directory: Path, write_config: bool = True) -> 
             "n": cfg.data.size,
             "seed": cfg.seed,
             **metrics,
-            "chance_accuracy": 1.0 / cfg.data.task.modulus
-            if cfg.data.kind == "procedural"
-            else None,
+            "chance_accuracy": chance_accuracy(cfg.data),
             "config_hash": config_hash(cfg),
             "config_path": str(directory / CONFIG),
             "run_dir": str(directory),
@@ -360,6 +358,15 @@ def _run_locked(cfg: DictConfig, directory: Path, write_config: bool = True) -> 
             directory / RESULT,
         )
     return result
+
+
+def chance_accuracy(data: DictConfig) -> float | None:
+    """Accuracy of a uniform guess where the task defines one: a value mod p, or one of the d arms."""
+    if data.kind == "procedural":
+        return 1.0 / data.task.modulus
+    if data.kind == "star_graph":
+        return 1.0 / data.task.degree
+    return None
 
 
 def job_info() -> dict:
