@@ -80,3 +80,51 @@ def test_a_bf16_load_trains_fp32_master_weights(precision, tmp_path):
     assert moved / total > 0.9, f"only {moved} of {total} weights moved at lr 1e-6"
     ln = params["transformer.ln_f.weight"].detach()
     assert (ln != 1.0).all() and (ln - 1.0).abs().max() < 1e-5  # one step of ~lr from 1.0
+
+
+@pytest.mark.parametrize(
+    "model, saved",
+    [
+        (["model=hf", "model.dtype=bfloat16"], torch.bfloat16),  # the dtype asked for
+        (["model=hf", "model.dtype=auto"], torch.bfloat16),  # the checkpoint's own
+        (["model.n_layer=1", "model.n_embd=32", "model.n_head=2"], torch.float32),  # tiny_gpt
+    ],
+    ids=["hf-bfloat16", "hf-auto", "tiny_gpt"],
+)
+def test_a_run_trains_fp32_and_saves_its_model_in_the_load_dtype(model, saved, tmp_path):
+    """A whole SFT run (eightfold.train.run): the weights that trained (last.ckpt, the Lightning
+    state) are fp32, the saved model/ is those weights cast to the load dtype, and pi_sft loads
+    it in that dtype. A bf16-loaded model saved in fp32 would double the 7B model's 14 GB and
+    make pi_sft sample in fp32; a tiny_gpt run keeps fp32 throughout."""
+    from safetensors.torch import load_file
+
+    from eightfold.objectives.pi_sft import load_pretrained
+    from eightfold.rundir import run_dir
+    from eightfold.runfiles import MODEL_DIR, RESULT, last_checkpoint
+    from eightfold.train import run
+
+    if model[0] == "model=hf":
+        model = [*model, f"model.name={saved_bf16_model(tmp_path / 'bf16')}"]
+    cfg = compose_cfg(
+        [
+            *SMALL,
+            *model,
+            "save_model=true",
+            "trainer.max_steps=3",
+            "checkpoint_every_n_steps=100",
+            "trainer.enable_progress_bar=false",
+            f"paths.root={tmp_path / 'root'}",
+        ]
+    )
+    run(cfg)
+    directory = run_dir(cfg)
+    assert (directory / RESULT).is_file()  # evaluated after the cast
+
+    trained = torch.load(last_checkpoint(directory), weights_only=False)["state_dict"]
+    trained = {k.removeprefix("model."): v for k, v in trained.items()}
+    weights = load_file(directory / MODEL_DIR / "model.safetensors")
+    assert {w.dtype for w in weights.values()} == {saved}
+    for name, w in weights.items():
+        assert trained[name].dtype == torch.float32, name
+        assert torch.equal(w, trained[name].to(saved)), name
+    assert {p.dtype for p in load_pretrained(directory / MODEL_DIR)[0].parameters()} == {saved}

@@ -222,7 +222,7 @@ def _run_locked(cfg: DictConfig, directory: Path, write_config: bool = True) -> 
 
     from eightfold.checkpointing import close_trackers
     from eightfold.evaluate import evaluate
-    from eightfold.models import apply_lora, hf_causal_lm, merge_lora, run_device
+    from eightfold.models import apply_lora, hf_causal_lm, merge_lora, run_device, to_load_dtype
     from eightfold.objectives import Objective
     from eightfold.objectives.pi_sft import PiSft
 
@@ -297,7 +297,7 @@ def _run_locked(cfg: DictConfig, directory: Path, write_config: bool = True) -> 
     # 4. save, evaluate greedily on the test set, write result.json
     result: dict = {}
     if trainer.global_rank == 0:
-        model = merge_lora(model)  # saved and evaluated as plain weights
+        model = to_load_dtype(merge_lora(model))  # plain weights in the load dtype (fp32 trains)
         if cfg.save_model:
             save_model_atomic(model, tokenizer, directory / MODEL_DIR)
             log.info("model: -> %s", directory / MODEL_DIR)
