@@ -1,8 +1,10 @@
 """The LightningDataModule that holds a run's examples and serves SFT batches.
 
 Examples come from :mod:`eightfold.data.examples` (procedural), :mod:`eightfold.data.star_graph`
-(the path-star task) or :mod:`eightfold.data.synthetic` (teacher data, local files). An objective that trains on other SFT pairs (RFT) gets a copy with
-its own pairs through :meth:`MathDataModule.with_train_pairs`.
+(the path-star task) or :mod:`eightfold.data.synthetic` (teacher data, local files). An objective
+that trains on other SFT pairs (RFT) gets a copy with its own pairs through
+:meth:`MathDataModule.with_train_pairs`; one that samples on fresh problems
+(``objective.sample_prompts=pool``) asks :meth:`MathDataModule.pool_examples`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,21 @@ import functools
 import lightning as L
 import torch
 
-from eightfold.data.examples import Example, procedural_split
+from eightfold.data.examples import POOL_SEED_OFFSET, Example, procedural_pool, procedural_split
 from eightfold.data.loader import ResumableLoader
+from eightfold.data.star_graph import pool_examples as star_graph_pool
 from eightfold.data.star_graph import star_graph_split
 from eightfold.data.synthetic import build_split
 from eightfold.generation import encode_prompt, encode_response
+
+# objective.sample_prompts=pool: each source with a generator that knows the answers, and its
+# pool function, (size, seed, avoid: train + test examples, **data.task) -> fresh Examples.
+# procedural_teacher poses the generator's problems, so its pool is the procedural one.
+POOLS = {
+    "procedural": procedural_pool,
+    "procedural_teacher": procedural_pool,
+    "star_graph": star_graph_pool,
+}
 
 
 class TokenizedPairs(torch.utils.data.Dataset):
@@ -169,6 +181,21 @@ class MathDataModule(L.LightningDataModule):
         self.train_examples, self.test_examples = procedural_split(
             self.size, self.seed, self.test_size, self.test_seed, **self.task
         )
+
+    def pool_examples(self) -> list[Example]:
+        """``objective.sample_prompts=pool``: as many fresh problems as there are training
+        examples, none of them a training or test problem, with the generator's solutions and
+        answers, from their own stream (data.seed + POOL_SEED_OFFSET)."""
+        pool = POOLS.get(self.source)
+        if pool is None:
+            raise ValueError(
+                f"objective.sample_prompts=pool is not valid with data.source={self.source!r}:"
+                f" a pool needs a generator with answers, data.source one of {', '.join(POOLS)}"
+                " (or objective.sample_prompts=train)"
+            )
+        self.prepare_examples()
+        avoid = [*self.train_examples, *self.test_examples]
+        return pool(len(self.train_examples), int(self.seed) + POOL_SEED_OFFSET, avoid, **self.task)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_examples()

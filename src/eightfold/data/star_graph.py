@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from eightfold.data.examples import Example
@@ -171,10 +172,16 @@ def star_graph_split(
 
 
 def pool_examples(
-    size: int, seed: int, exclude: set[str], degree: int, path_length: int, num_nodes: int
+    size: int,
+    seed: int,
+    avoid: Iterable[Example],
+    degree: int,
+    path_length: int,
+    num_nodes: int,
 ) -> list[Example]:
-    """``objective.sample_prompts=pool`` for the star graph: ``size`` fresh graphs outside
-    ``exclude`` (the keys of the train and test graphs), from the stream ``seed``."""
+    """``objective.sample_prompts=pool`` for the star graph: ``size`` fresh graphs from the
+    stream ``seed``, none of them a graph of ``avoid`` (train and test) in any edge order."""
+    exclude = {e.problem.key for e in avoid}
     return [
         to_example(g)
         for g in generate_graphs(size, seed, degree, path_length, num_nodes, exclude=exclude)
