@@ -11,6 +11,9 @@ and pandas read a column of digit strings as numbers, dropping the leading zeros
 and with them the problem order the paired tests rely on. JSON keeps them strings. results.csv
 keeps ``run_dir``, the sidecar's key, and ``read_results`` attaches the outcomes back to each row
 (a ``test_outcomes`` column, e.g. from an older collect, is read too).
+
+Other lists are left out, except ``test_position_accuracy`` (a few numbers, one per path node of
+the star graph): one column per node, ``test_position_accuracy@0``, ``@1``, ...
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ OUTCOMES = "test_outcomes"  # kept in the sidecar results.csv.outcomes.json (mod
 RUN_INTS = ("train_steps", "objective_steps", "budget_items")
 RUN_FLOATS = ("budget_epochs", "logratio_gap_last_epoch", "reward_accuracy_last_epoch")
 RUN_BOOLS = ("budget_too_few_pairs",)
+# A list in result.json that becomes one column per entry: the star graph's teacher-forced
+# accuracy per path node (``test_position_accuracy@0`` = the source, ``@1`` = the first node
+# after it, where a Clever-Hans model sits near 1/degree); report.py shows it per run.
+POSITIONS = "test_position_accuracy"
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -105,6 +112,8 @@ def _row_from_result(res: dict, run_dir: Path) -> tuple[dict | None, str | None]
     for k, v in sorted(res.items()):
         if k not in row and (v is None or isinstance(v, (str, int, float, bool))):
             row[k] = v
+    if isinstance(res.get(POSITIONS), list):  # a value that is not an accuracy: an empty cell
+        row.update({f"{POSITIONS}@{i}": _finite01(v) for i, v in enumerate(res[POSITIONS])})
     return row, None
 
 

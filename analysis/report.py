@@ -237,6 +237,48 @@ def pass_k_tables(raw_rows: list[dict]) -> list[str]:
     return out
 
 
+def _positions(raw_rows: list[dict]) -> list[str]:
+    """The test_position_accuracy@i columns that some run filled, by i."""
+    cols = {c for r in raw_rows for c, v in r.items() if c.startswith("test_position_accuracy@")}
+    cols = {c for c in cols if any(r.get(c) not in ("", None) for r in raw_rows)}
+    return sorted(cols, key=lambda c: int(c.split("@")[1]))
+
+
+def position_tables(raw_rows: list[dict]) -> list[str]:
+    """The star graph's Clever-Hans diagnostic, per run: teacher-forced accuracy of each path
+    node (result.json's test_position_accuracy), one table per source."""
+    columns = _positions(raw_rows)
+    if not columns:
+        return []
+    out = [
+        "## Accuracy per path position",
+        "",
+        "Teacher-forced accuracy of each node of the answer path on the test graphs, given the "
+        "right nodes before it (node 0 is the source). The Clever-Hans signature: near 1 after "
+        "node 1, near 1/degree at node 1, the only node that needs planning back from the goal "
+        "(docs/testbed.md#the-star-graph).",
+        "",
+    ]
+    for src in sorted({r["source"] for r in raw_rows}):
+        rs = [r for r in raw_rows if r["source"] == src and any(r.get(c) for c in columns)]
+        if not rs:
+            continue
+        body = [
+            [
+                str(r["objective"]),
+                str(r["n"]),
+                str(r["seed"]),
+                *[f"{float(r[c]):.3f}" if r.get(c) not in ("", None) else "—" for c in columns],
+            ]
+            for r in rs
+        ]
+        out += [f"**source: {src}**", ""]
+        out += _table(
+            ["objective", "n", "seed", *[f"node {c.split('@')[1]}" for c in columns]], body
+        ) + [""]
+    return out
+
+
 def write_report(
     out_dir: str | Path,
     rows: list[dict],
@@ -257,6 +299,7 @@ def write_report(
         L += [f"- {describe_problem(p)}" for p in problems] + [""]
     L += ["## Test accuracy", ""] + accuracy_tables(rows)
     L += pass_k_tables(raw_rows or [])
+    L += position_tables(raw_rows or [])
     if paired is not None:
         L += flag_section(paired) + paired_section(paired)
 
