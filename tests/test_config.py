@@ -164,13 +164,17 @@ def test_composition_unchanged_by_the_config_move(entry):
 def _without_later_keys(cfg) -> dict:
     """The resolved config less the keys added after the recording that no hash sees: the
     ``logger`` group and ``gpu_memory_gib`` (rundir.HASH_EXCLUDE) and, while pass@k is off,
-    ``eval.pass_k`` and ``eval.sampling`` (rundir.HASH_WHEN_ON). The hash assertion above shows that adding them
+    ``eval.pass_k`` and ``eval.sampling`` (rundir.HASH_WHEN_ON), and the same for
+    ``objective.spurious_analysis``. The hash assertion above shows that adding them
     moved no run directory."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     tree.pop("logger")
     tree.pop("gpu_memory_gib", None)  # the sweep's fit check (rundir.HASH_EXCLUDE)
     if tree["eval"].get("pass_k") is None:
         tree["eval"] = {k: v for k, v in tree["eval"].items() if k not in ("pass_k", "sampling")}
+    spurious = tree["objective"].get("spurious_analysis")
+    if spurious is not None and spurious["positives"] is None:  # off (rundir.HASH_WHEN_ON)
+        tree["objective"].pop("spurious_analysis")
     return tree
 
 

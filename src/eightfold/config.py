@@ -207,6 +207,17 @@ class _Budget:
 
 
 @dataclass
+class SpuriousAnalysisConfig:
+    """``objective.spurious_analysis``: per-step advantages on pi_sft's positives (opt-in)."""
+
+    positives: int | None = _f(
+        "null: off (no rollouts, no result field, no run hash change: rundir.HASH_WHEN_ON) |"
+        " n: roll out n of RFT's positives (unique correct samples, a seeded draw)"
+    )
+    margin: float = _f("a step of a positive is spurious when its advantage is below -this")
+
+
+@dataclass
 class _Rollouts:
     """conf/objective/common/rollouts.yaml: Monte Carlo step values, cached, shared by step_dpo/awr."""
 
@@ -231,6 +242,14 @@ class _Rollouts:
     rollout_backend: RolloutBackend = _f(  # type: ignore[valid-type]
         "hf: eightfold.rollouts' KV-cache engine, the only one (where another would plug in:"
         " docs/objectives.md#rollouts-the-cost-centre)"
+    )
+    spurious_analysis: SpuriousAnalysisConfig = field(
+        default_factory=SpuriousAnalysisConfig,
+        metadata={
+            "help": "per-step advantages of pi_sft's positives from the same rollouts and"
+            " estimator, spurious steps in result.json"
+            " (docs/objectives.md#spurious-steps-advantages-on-positives)"
+        },
     )
 
 

@@ -54,8 +54,12 @@ def _drop(tree: dict, dotted: str) -> None:
 
 # Keys hashed only while they are on (``{switch: keys}``): pass@k changes result.json when it is
 # set (eval.pass_k=[1,5]); off (null, the default) it and its sampling settings leave the hash of
-# every greedy-only run where it was before they existed.
-HASH_WHEN_ON = {"eval.pass_k": ("eval.pass_k", "eval.sampling")}
+# every greedy-only run where it was before they existed. The same for the spurious-step analysis
+# of step_dpo / awr: objective.spurious_analysis.positives=n adds rollouts and result fields.
+HASH_WHEN_ON = {
+    "eval.pass_k": ("eval.pass_k", "eval.sampling"),
+    "objective.spurious_analysis.positives": ("objective.spurious_analysis",),
+}
 
 
 def _get(tree: dict, dotted: str):

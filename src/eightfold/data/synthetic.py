@@ -414,7 +414,11 @@ def build_split(
         s = Seed(str(r["index"]), r["question"], None, r["answer"], kind, problems.get(r["index"]))
         ex = _example(s, r["solution"], r["answer"])
         ex.meta.update(
-            {k: r[k] for k in ("index", "sample", "verdict", "first_wrong_step") if k in r}
+            {
+                k: r[k]
+                for k in ("index", "sample", "verdict", "first_wrong_step", "injected")
+                if k in r
+            }
         )
         train.append(ex)
     return train, test, info

@@ -37,7 +37,7 @@ from eightfold.data.datamodule import collate_sft
 from eightfold.generation import encode_prompt
 from eightfold.objectives.base import PolicyModule, TrainData, model_token_logps, step_budget
 from eightfold.objectives.losses import awr_weights, weighted_nll
-from eightfold.objectives.step_values import pit_analysis, step_pairs
+from eightfold.objectives.step_values import pit_analysis, spurious_report, step_pairs
 
 log = logging.getLogger("eightfold")
 
@@ -156,6 +156,7 @@ class AWRModule(PolicyModule):
             chosen_rule=o.get("chosen", "random"),
             decode=self._text,
         )
+        spurious = spurious_report(pi_sft, o, seed)  # opt-in: {} when off
         pi_sft.release()
         # 2. two weighted sequences per pair, then the budget (the same steps as awr_control)
         items, astats = awr_items(
@@ -169,6 +170,7 @@ class AWRModule(PolicyModule):
             "pairs": len(pairs),
             **astats,
             **budget,
+            **spurious,
             **pi_sft.stats(),
         }
         if not items:

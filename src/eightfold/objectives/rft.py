@@ -26,6 +26,7 @@ from eightfold.generation import Completion
 from eightfold.objectives.base import step_budget
 from eightfold.objectives.pi_sft import sample_completion
 from eightfold.objectives.sft import SFTModule
+from eightfold.objectives.spurious import generator_spurious_steps
 from eightfold.verify import split_steps
 
 log = logging.getLogger("eightfold")
@@ -57,7 +58,8 @@ def rft_positives(
                 continue
             kept.setdefault(p, []).append(sample_completion(r))
             novel += not r["teacher"]
-            spurious += r["first_wrong_step"] is not None
+            # a wrong step, or a wasted one (a distractor computed, an unused variable)
+            spurious += bool(generator_spurious_steps(samples.examples[p].problem, r["completion"]))
     stats = {
         "rft_kept": sum(len(v) for v in kept.values()),
         "rft_kept_novel": novel,

@@ -19,14 +19,16 @@ problem, ``max_negatives`` in all):
 4. train with DPO against pi_sft (everything else is ``DPOModule``'s).
 
 On the procedural source every run records how often the MC pit equals the generator's exact
-first wrong step (``first_pit_agreement``, over negatives with V_0 > 0).
+first wrong step (``first_pit_agreement``, over negatives with V_0 > 0). With
+``objective.spurious_analysis`` on, it also reports the spurious steps of pi_sft's positives
+(``step_values.spurious_report``; docs/objectives.md#spurious-steps-advantages-on-positives).
 """
 
 from __future__ import annotations
 
 from eightfold.objectives.dpo import DPOModule
 from eightfold.objectives.preference import PreferencePair, correct_solutions
-from eightfold.objectives.step_values import pit_analysis, step_pairs
+from eightfold.objectives.step_values import pit_analysis, spurious_report, step_pairs
 
 
 class StepDPOModule(DPOModule):
@@ -53,4 +55,5 @@ class StepDPOModule(DPOModule):
             positives=correct_solutions(samples),
             confirmed=confirmed,
         )
-        return pairs, {**rstats, **pstats, **cstats, **stats}
+        spurious = spurious_report(pi_sft, o, int(cfg.seed))  # opt-in: {} when off
+        return pairs, {**rstats, **pstats, **cstats, **stats, **spurious}

@@ -8,6 +8,9 @@ Definitions (docs/objectives.md#definitions-per-step-dpo; paper §4, Algorithm 1
   least one correct one (the paper's "any of K" estimator when M = K), or ``mean`` q_i (the
   pi_sft value itself). Prefix L (the whole wrong solution) has value 0.
 * Step advantage A_i = V_i - V_{i-1} for step i = 1..L (0-based step index i-1).
+* On a positive (a correct solution, paper §5) the same values with V_L = 1 (its reward); a
+  step is spurious when its advantage is below -margin (``positive_step_labels``): it is
+  followed by a correct answer but lowers the chance of reaching one.
 * First pit (0-based step index), rule ``first_zero`` (default; Self-Explore arXiv 2404.10346):
   the step after which the value collapses, i.e. the first i >= 1 with V_{i-1} > 0 and V_i = 0;
   step i-1 is the pit. Needs V_0 > 0 (a problem the policy can solve at all). Alternatives:
@@ -26,7 +29,12 @@ from collections.abc import Callable, Sequence
 from eightfold.config import CHOSEN_RULES, PAIR_FORMS, PIT_RULES, REJECTED, VALUES
 from eightfold.data.arithmetic import first_wrong_step
 from eightfold.generation import Completion
-from eightfold.objectives.preference import NONE, PreferencePair
+from eightfold.objectives.preference import NONE, PreferencePair, correct_solutions
+from eightfold.objectives.spurious import (
+    generator_spurious_steps,
+    positive_rollouts,
+    teacher_spurious_kind,
+)
 from eightfold.rollouts import NegativeValues
 from eightfold.verify import split_steps
 
@@ -101,11 +109,14 @@ def first_pit(
     return None
 
 
-def prefix_values(neg: NegativeValues, estimator: str = "bok", k: int = 5) -> list[float]:
-    """V_0..V_L of one negative: scored prefixes by ``step_value``, unscored ones (after a dead
-    prefix) and the terminal prefix L (the wrong solution itself) are 0."""
+def prefix_values(
+    neg: NegativeValues, estimator: str = "bok", k: int = 5, terminal: float = 0.0
+) -> list[float]:
+    """V_0..V_L of one rolled-out solution: scored prefixes by ``step_value``, unscored ones
+    (after a dead prefix, early stop) 0, and the terminal prefix L (the solution itself) its
+    reward, ``terminal``: 0 for a negative, 1 for a positive."""
     vals = [step_value(c, neg.m, estimator, k, f) for c, f in zip(neg.counts, neg.flags)]
-    return vals + [0.0] * (len(neg.steps) + 1 - len(vals))
+    return vals + [0.0] * (len(neg.steps) - len(vals)) + [terminal]
 
 
 def pit_analysis(
@@ -278,3 +289,121 @@ def step_pairs(
         "pair_form": pair_form,
         "chosen_rule": chosen_rule,
     }
+
+
+# -----------------------------------------------------------------------------
+# spurious steps on positives (paper §5): the same estimator, with V_L = 1
+
+
+def positive_step_labels(
+    pos: NegativeValues, estimator: str = "bok", k: int = 5, margin: float = 0.2
+) -> tuple[list[float], list[float], list[int]]:
+    """(V_0..V_L, A_1..A_L, spurious steps) of one rolled-out positive.
+
+    1. V_0..V_{L-1}: each prefix's rollouts through ``step_value`` (the estimator of the
+       negatives), V_L = 1: the positive itself is correct;
+    2. A_i = V_i - V_{i-1}, one per step;
+    3. 0-based step i-1 is spurious when A_i < -margin: the value after the step is lower than
+       before it by more than ``margin``, though the solution goes on to the right answer.
+    """
+    if margin < 0:
+        raise ValueError(
+            f"objective.spurious_analysis.margin={margin!r} is not valid: expected a number >= 0"
+        )
+    values = prefix_values(pos, estimator, k, terminal=1.0)
+    adv = advantages(values)
+    return values, adv, [i for i, a in enumerate(adv) if a < -margin]
+
+
+def _rate(num: int, den: int) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def spurious_analysis(
+    items: list[NegativeValues], examples, margin: float, estimator: str, k: int
+) -> dict:
+    """Counts for result.json: positives with a Monte Carlo spurious step, with a generator
+    label (procedural data), with a teacher-injected spurious step (``data=teacher``), and how
+    the Monte Carlo rule agrees with the generator, per positive and per step."""
+    mc = mc_steps = gen = gen_steps = both = agree = hits = 0
+    min_adv: list[float] = []
+    teacher: dict[str, int] = {}
+    teacher_mc = 0
+    known = bool(items) and all(examples[p.problem].problem is not None for p in items)
+    recorded = any("injected" in (e.meta or {}) for e in examples)
+    for pos in items:
+        _values, adv, steps = positive_step_labels(pos, estimator, k, margin)
+        min_adv.append(min(adv) if adv else 0.0)
+        mc += bool(steps)
+        mc_steps += len(steps)
+        ex = examples[pos.problem]
+        if known:
+            labels = generator_spurious_steps(ex.problem, pos.text) or []
+            gen += bool(labels)
+            gen_steps += len(labels)
+            both += bool(steps) and bool(labels)
+            agree += bool(steps) == bool(labels)
+            hits += len(set(steps) & set(labels))
+        kind = teacher_spurious_kind(ex, pos.text) if recorded else None
+        if kind is not None:
+            teacher[kind] = teacher.get(kind, 0) + 1
+            teacher_mc += bool(steps)
+    n = len(items)
+    out = {
+        "spurious_analysed": n,
+        "spurious_margin": margin,
+        "spurious_mc_positives": mc,  # at least one step with A < -margin
+        "spurious_mc_steps": mc_steps,
+        "spurious_min_advantage_mean": round(sum(min_adv) / n, 4) if n else None,
+    }
+    if known:
+        out.update(
+            {
+                "spurious_generator_positives": gen,  # first wrong step or unneeded steps
+                "spurious_generator_steps": gen_steps,
+                "spurious_both": both,
+                "spurious_agreement": _rate(agree, n),  # same yes/no per positive
+                "spurious_step_precision": _rate(hits, mc_steps),  # MC steps the generator labels
+                "spurious_step_recall": _rate(hits, gen_steps),  # generator steps MC finds
+            }
+        )
+    if recorded:
+        out.update(
+            {
+                "spurious_teacher_positives": sum(teacher.values()),  # copies of injected ones
+                "spurious_teacher_kinds": dict(sorted(teacher.items())),
+                "spurious_teacher_mc": teacher_mc,
+            }
+        )
+    return out
+
+
+def spurious_report(pi_sft, o, seed: int) -> dict:
+    """The opt-in ``objective.spurious_analysis`` ({positives: n, margin: m}) of a run on
+    pi_sft: {} when it is off (positives null); else the advantages of at most n of RFT's
+    positives (the unique correct samples, a seeded draw) and :func:`spurious_analysis`'s
+    counts. Costs at most n x steps x M rollouts (shared prefixes once), cached."""
+    switch = o.get("spurious_analysis") or {}
+    n, margin = switch.get("positives"), switch.get("margin")
+    if n is None:
+        return {}
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(
+            f"objective.spurious_analysis.positives={n!r} is not valid: expected a positive"
+            " integer, e.g. 200"
+        )
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0:
+        raise ValueError(
+            f"objective.spurious_analysis.margin={margin!r} is not valid: expected a number >= 0,"
+            " e.g. 0.2"
+        )
+    samples = pi_sft.samples()
+    # 1. RFT's positives: unique correct samples per problem; a seeded draw of at most n
+    every = [(p, c) for p, cs in sorted(correct_solutions(samples).items()) for c in cs]
+    chosen = list(every)
+    random.Random(f"spurious-positives-{seed}").shuffle(chosen)
+    chosen = sorted(chosen[:n], key=lambda x: x[0])
+    # 2. rollouts from every prefix (cached), 3. advantages, labels and their agreement
+    items, rstats = positive_rollouts(pi_sft, chosen)
+    stats = spurious_analysis(items, samples.examples, float(margin), o.value, int(o.best_of_k))
+    return {"spurious_available": len(every), **stats, **rstats}
