@@ -22,6 +22,8 @@ from eightfold.data.examples import Example
 from eightfold.data.synthetic import build_split
 from eightfold.data.teachers import ProceduralTeacher, Task, extra_step
 from eightfold.models import char_tokenizer
+from eightfold.objectives.pi_sft import SampleSet
+from eightfold.objectives.rft import rft_positives
 from eightfold.objectives.spurious import generator_spurious_steps, teacher_spurious_kind
 from eightfold.objectives.step_values import (
     positive_step_labels,
@@ -268,3 +270,28 @@ def test_the_analysis_writes_its_fields_only_when_on_and_off_moves_no_hash(tmp_p
     bad = _cfg(tmp_path, "objective.spurious_analysis.positives=0")
     with pytest.raises(ValueError, match="positives=0 is not valid: expected a positive integer"):
         spurious_report(None, bad.objective, 0)
+
+
+def test_a_wasted_distractor_step_counts_as_a_spurious_positive():
+    """pi_sft's spurious_positives and rft's rft_kept_spurious: a right answer through a wrong
+    step or through a wasted one (a distractor computed right, which first_wrong_step accepts)."""
+    teacher = ProceduralTeacher(spurious_rate=1.0, spurious_kinds=["distractor"])
+    problems = generate_problems(3, 2, **CHOICE)
+    tasks = [Task(i, p.prompt, p.prompt, p) for i, p in enumerate(problems)]
+    wasted = [s["text"] for (s,) in teacher.generate(tasks, seed=2)]
+    examples = [Example(p.prompt, p.solution(random.Random(0)), str(p.answer), p) for p in problems]
+    records = [
+        {
+            "problem": i,
+            "j": 0,
+            "completion": text,
+            "ids": [],
+            "correct": True,
+            "first_wrong_step": first_wrong_step(problems[i], text),
+            "teacher": False,
+        }
+        for i, text in enumerate([wasted[0], wasted[1], examples[2].solution])
+    ]
+    assert [r["first_wrong_step"] for r in records] == [None, None, None]
+    samples = SampleSet(examples, records, {})
+    assert rft_positives(samples, None)[1]["rft_kept_spurious"] == 2
