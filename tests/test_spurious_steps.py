@@ -22,7 +22,7 @@ from eightfold.data.examples import Example
 from eightfold.data.synthetic import build_split
 from eightfold.data.teachers import ProceduralTeacher, Task, extra_step
 from eightfold.models import char_tokenizer
-from eightfold.objectives.pi_sft import SampleSet
+from eightfold.objectives.pi_sft import SampleSet, sample_stats
 from eightfold.objectives.rft import rft_positives
 from eightfold.objectives.spurious import generator_spurious_steps, teacher_spurious_kind
 from eightfold.objectives.step_values import (
@@ -294,4 +294,5 @@ def test_a_wasted_distractor_step_counts_as_a_spurious_positive():
     ]
     assert [r["first_wrong_step"] for r in records] == [None, None, None]
     samples = SampleSet(examples, records, {})
+    assert sample_stats(samples)["spurious_positives"] == 2
     assert rft_positives(samples, None)[1]["rft_kept_spurious"] == 2

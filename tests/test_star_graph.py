@@ -354,7 +354,7 @@ def test_every_objective_runs_on_data_star_graph(tmp_path):
     for objective, extra in [
         ("sft", []),
         ("rft", on_pi_sft),
-        ("dpo", on_pi_sft),
+        ("dpo", on_pi_sft + ["objective.sample_prompts=pool"]),  # fresh graphs
         ("step_dpo", on_pi_sft + rollouts),
         ("awr", on_pi_sft + rollouts),
     ]:
@@ -368,5 +368,7 @@ def test_every_objective_runs_on_data_star_graph(tmp_path):
         result = json.loads((run_dir(cfg) / RESULT).read_text())
         assert result["source"] == "star_graph" and len(result["test_position_accuracy"]) == 4
         assert all(0 <= a <= 1 for a in result["test_position_accuracy"])
+        if objective == "dpo":
+            assert result["sample_prompts"] == "pool" and result["samples"] == 4 * 48
         if objective == "step_dpo":  # the closed form reached the agreement check
             assert result["negatives_rolled_out"] > 0 and "exact_first_wrong_histogram" in result

@@ -35,11 +35,12 @@ import torch
 from omegaconf import DictConfig
 
 from eightfold.config import SAMPLE_PROMPTS
-from eightfold.data.arithmetic import first_wrong_step, generate_problems
+from eightfold.data.arithmetic import first_wrong_step
 from eightfold.data.cache import load_or_build
 from eightfold.data.examples import Example
 from eightfold.generation import Completion, encode_prompt, generate_ids
 from eightfold.models import hf_causal_lm, run_device
+from eightfold.objectives.spurious import generator_spurious_steps
 from eightfold.rollouts import (
     NegativeValues,
     rollout_negatives,
@@ -79,10 +80,13 @@ def prompts_hash(examples: list[Example]) -> str:
 def sampling_examples(cfg: DictConfig, datamodule) -> list[Example]:
     """The prompts samples are drawn on: the training problems (paper) or a fresh pool.
 
-    ``pool`` (objective.sample_prompts=pool) draws data.size new problems from the generator,
-    disjoint from train and test, with the generator's answers: it deviates from the paper
-    (more problems than the teacher data) and exists for the memorisation regime measured in
-    docs/results.md#cpu-testbed-1-task-design-and-dpo-collapse, where pi_sft reproduces its training solutions.
+    ``pool`` (objective.sample_prompts=pool) draws data.size new problems from the source's
+    generator, disjoint from train and test, with the generator's answers
+    (``MathDataModule.pool_examples``; sources with a generator: procedural, procedural_teacher,
+    star_graph): it deviates from the paper (more problems than the teacher data) and exists for
+    the memorisation regime measured in
+    docs/results.md#cpu-testbed-1-task-design-and-dpo-collapse, where pi_sft reproduces its
+    training solutions.
     """
     which = cfg.objective.get("sample_prompts", "train")
     if which not in PROMPT_SETS:
@@ -91,20 +95,7 @@ def sampling_examples(cfg: DictConfig, datamodule) -> list[Example]:
         )
     if which == "train":
         return list(datamodule.train_examples)
-    if datamodule.source != "procedural":
-        raise ValueError(
-            "objective.sample_prompts=pool needs data.source=procedural (a generator with answers)"
-        )
-    exclude = {e.prompt for e in datamodule.train_examples} | {
-        e.prompt for e in datamodule.test_examples
-    }
-    task = dict(datamodule.task)
-    pool_seed = int(datamodule.seed) + 1_000_003
-    problems = generate_problems(len(datamodule.train_examples), pool_seed, exclude=exclude, **task)
-    return [
-        Example(p.prompt, p.solution(random.Random(f"pool-{pool_seed}-{i}")), str(p.answer), p)
-        for i, p in enumerate(problems)
-    ]
+    return datamodule.pool_examples()
 
 
 def same_steps(a: str, b: str) -> bool:
@@ -195,9 +186,10 @@ def sample_stats(samples: SampleSet) -> dict:
         "sample_prompts": samples.key.get("prompts", {}).get("set"),
     }
     if known:
-        out["spurious_positives"] = sum(
-            r["first_wrong_step"] is not None for r in pos
-        )  # right answer, a step wrong
+        out["spurious_positives"] = sum(  # right answer, a step wrong or wasted
+            bool(generator_spurious_steps(examples[r["problem"]].problem, r["completion"]))
+            for r in pos
+        )
         out["novel_strict_positives"] = sum(
             not r["teacher"] and r["first_wrong_step"] is None for r in pos
         )
