@@ -222,9 +222,9 @@ def multiplier_plot(fits: dict, out_dir: Path) -> list[Path]:
         hollow = m.get("multiplier_extrapolated")
         yerr = None
         if np.isfinite(lo) and np.isfinite(hi):
-            yerr = [[v - lo], [hi - v]]
+            yerr = [[max(0.0, v - lo)], [max(0.0, hi - v)]]  # a bound a hair past v: no bar
         elif np.isfinite(lo):  # upper end unreachable in some replicates
-            yerr = [[v - lo], [0]]
+            yerr = [[max(0.0, v - lo)], [0]]
             ax.annotate(
                 "↑∞", (i, v), xytext=(6, 0), textcoords="offset points", color=c, fontsize=8
             )

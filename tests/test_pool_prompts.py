@@ -78,3 +78,22 @@ def test_pool_refuses_a_source_without_a_generator():
     message = str(err.value)
     assert message.startswith("objective.sample_prompts=pool is not valid with data.source='gsm8k'")
     assert "procedural, procedural_teacher, star_graph" in message and "\n" not in message
+
+
+def test_validate_knows_every_pool_source():
+    from eightfold import validate
+    from eightfold.data.datamodule import POOLS
+
+    assert set(validate.POOL_SOURCES) == set(POOLS)
+
+
+def test_pool_prompts_on_a_source_without_a_generator_fail_before_any_work():
+    from eightfold.config import ConfigError
+    from eightfold.validate import validate_config
+
+    cfg = compose_cfg(
+        ["experiment=smoke", "objective=rft_pool", "data=teacher", "data.source=gsm8k_teacher",
+         "data.kind=gsm8k", "data.train_file=/nonexistent.jsonl"]
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="sample_prompts=pool .*data.source='gsm8k_teacher'"):
+        validate_config(cfg)

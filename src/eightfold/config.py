@@ -180,7 +180,7 @@ class _Samples:
     )
     sample_prompts: SamplePrompts = _f(  # type: ignore[valid-type]
         "train: sample on the training problems (paper) | pool: on a fresh pool of generated"
-        " problems (procedural data only)"
+        " problems (sources with a generator: procedural, procedural_teacher, star_graph)"
     )
 
 

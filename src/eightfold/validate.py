@@ -32,6 +32,9 @@ SOURCES = (
     "math",
 )
 KINDS = ("procedural", "gsm8k", "math", "star_graph")
+# Sources with a generator of fresh problems (eightfold.data.datamodule.POOLS; a test checks it):
+# the ones objective.sample_prompts=pool can sample on.
+POOL_SOURCES = ("procedural", "procedural_teacher", "star_graph")
 SEED_END = 2**32  # seeds are 0 <= seed < 2**32 (Lightning, numpy)
 
 
@@ -220,6 +223,12 @@ def _check_objective(cfg: DictConfig) -> None:
         raise ConfigError(
             f"objective={cfg.objective.get('name', '?')} leaves {', '.join(missing)} unset:"
             " give each a value in its conf/objective/*.yaml or on the command line"
+        )
+    if cfg.objective.get("sample_prompts") == "pool" and cfg.data.source not in POOL_SOURCES:
+        raise ConfigError(
+            f"objective.sample_prompts=pool needs fresh problems, which data.source="
+            f"{cfg.data.source!r} cannot generate: use a source with a generator"
+            f" ({', '.join(POOL_SOURCES)}) or objective.sample_prompts=train"
         )
 
 
