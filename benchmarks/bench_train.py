@@ -4,6 +4,7 @@ plain-torch loop on the same model, the same batches and the same optimiser, in 
     python benchmarks/bench_train.py                        # CPU: the cpu_default model and data
     python benchmarks/bench_train.py --model qwen0.5b --device cuda --precision bf16-mixed
     python benchmarks/bench_train.py --objective dpo --steps 100
+    python benchmarks/bench_train.py --model qwen0.5b --device cuda --load-dtype bfloat16
 
 Rows (tokens/s counts real tokens, never padding; timing starts after --warmup steps):
 
@@ -18,6 +19,14 @@ Models: ``tiny`` = cpu_default's 2-layer width-128 GPT-2 on procedural problems,
 ``qwen0.5b`` = a randomly initialised Qwen2-0.5B-shaped model (494 M parameters, no download)
 on random tokens, batch 8 x 1024 with a 128-token prompt, as in docs/performance.md#the-gpu-anchor.
 The overhead target is eightfold >= 0.95 x plain.
+
+Precision policy (docs/real-models.md#precision): with ``--load-dtype bfloat16`` the eightfold rows
+get the model in bf16, as ``model=hf model.dtype=bfloat16`` loads it, and the objective's own
+``PolicyModule.setup`` must turn the weights that train into fp32 (AdamW state with them) while
+``--precision bf16-mixed`` computes in bf16. Each eightfold row prints the dtypes it trained with
+and stops the benchmark if the master weights are not fp32. The plain loop trains an fp32 copy
+(the anchor's policy). For ``qwen0.5b`` each row is also printed against the H100 anchor
+(docs/performance.md#the-gpu-anchor).
 """
 
 from __future__ import annotations
@@ -33,6 +42,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+# The H100 anchor for the 0.5B shape (docs/performance.md#the-gpu-anchor): plain transformers,
+# fp32 master weights + bf16 autocast, fused AdamW, batch 8 x 1024 tokens. Its DPO step also runs
+# the reference forward (8N FLOPs per token); eightfold caches the reference log-probs (6N).
+ANCHOR_TOKENS_S = {"sft": 62.9e3, "dpo": 46.2e3}
 
 
 # ----------------------------------------------------------------------------- workloads
@@ -147,6 +161,31 @@ def plain_loop(loss_fn, model, batches, steps, warmup, lr, device, precision) ->
 
 
 # ----------------------------------------------------------------------------- eightfold
+def as_loaded(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``model`` with its parameters in ``dtype``, as ``from_pretrained(dtype=...)`` returns it
+    (parameters only: buffers such as RoPE's inv_freq stay fp32 there too)."""
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+    return model
+
+
+def precision_policy(module, trainer, load_dtype: torch.dtype, precision: str) -> str:
+    """What the step trained with: the trainable weights' and AdamW state's dtypes. Stops the
+    benchmark when they are not fp32: the precision policy would not hold."""
+    master = {p.dtype for p in module.model.parameters() if p.requires_grad}
+    state = {
+        s["exp_avg"].dtype for o in trainer.optimizers for s in o.state.values() if "exp_avg" in s
+    }
+    line = (
+        f"loaded {str(load_dtype).removeprefix('torch.')} -> master weights "
+        f"{'/'.join(sorted(str(d).removeprefix('torch.') for d in master))}, AdamW state "
+        f"{'/'.join(sorted(str(d).removeprefix('torch.') for d in state))}, compute {precision}"
+    )
+    if master != {torch.float32} or state != {torch.float32}:
+        raise SystemExit(f"precision policy broken (expected fp32 master and state): {line}")
+    return line
+
+
 class StepTimer:
     """A Lightning callback: wall time and real tokens from step ``warmup`` to the last step's end
     (as the plain loop; the run's one-off teardown, e.g. saving last.ckpt, is not per-token work)."""
@@ -178,40 +217,47 @@ class StepTimer:
 def eightfold_fit(
     objective, model, tok, batches, tokens_per_batch, args, device, perf: list[str]
 ) -> tuple[float, int]:
-    """Train with the objective's module and the Trainer a run builds, from the composed config."""
+    """Train with the objective's module and the Trainer a run builds, from the composed config,
+    on ``model`` as loaded in ``--load-dtype``; prints the precision policy it trained with."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from eightfold.train import CONF_DIR, _build_trainer, apply_perf
 
     accelerator = "gpu" if device.type == "cuda" else "cpu"
-    overrides = [
-        "experiment=cpu_default",
-        f"objective={objective}",
-        f"trainer.max_steps={args.steps}",
-        f"trainer.accelerator={accelerator}",
-        f"trainer.precision={args.precision}",
-        "trainer.enable_progress_bar=true",
-        f"checkpoint_every_n_steps={10 * args.steps}",
-        f"objective.module.lr={args.lr}",
-        *perf,
-    ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    module = instantiate(cfg.objective.module, model=model, tokenizer=tok, _convert_="all")
-
-    class Holder:  # apply_perf sets the datamodule's pack length; here the batches are prebuilt
-        pack_length = None
-
-    apply_perf(cfg.perf, model, Holder(), module)
-    if objective == "dpo":
-        module.total_steps = args.steps
     timer = StepTimer(args.warmup, device, tokens_per_batch)
     with tempfile.TemporaryDirectory() as tmp:
+        overrides = [
+            "experiment=cpu_default",
+            f"objective={objective}",
+            f"trainer.max_steps={args.steps}",
+            f"trainer.accelerator={accelerator}",
+            f"trainer.precision={args.precision}",
+            "trainer.enable_progress_bar=true",
+            f"checkpoint_every_n_steps={10 * args.steps}",
+            f"objective.module.lr={args.lr}",
+            f"paths.root={tmp}",  # the default reads Hydra's runtime cwd, unset outside an app
+            *perf,
+        ]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
+        module = instantiate(cfg.objective.module, model=model, tokenizer=tok, _convert_="all")
+
+        class Holder:  # apply_perf sets the datamodule's pack length; the batches are prebuilt
+            pack_length = None
+
+        apply_perf(cfg.perf, model, Holder(), module)
+        if objective == "dpo":
+            module.total_steps = args.steps
         trainer = _build_trainer(cfg, Path(tmp))
         trainer.callbacks.append(timer.callback)
         loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
         trainer.fit(module, train_dataloaders=loader)
+    load_dtype = getattr(torch, args.load_dtype)
+    print(
+        f"  {objective} step ({' '.join(perf) or 'padded'}): "
+        f"{precision_policy(module, trainer, load_dtype, args.precision)}"
+    )
     return timer.seconds, timer.tokens
 
 
@@ -236,6 +282,20 @@ def build_batches(objective, tok, seqs, rejected, groups, pack_length=None, ref=
         )
         for g in groups
     ]
+
+
+def anchor_note(objective: str, anchor: float, device: torch.device, args) -> str:
+    """The line under a 0.5B table: the anchor, and whether this run's numbers compare with it."""
+    line = f"H100 anchor ({objective.upper()}, plain torch, 8 x 1024): {anchor:,.0f} tokens/s"
+    if device.type != "cuda" or args.layers != 24 or args.seq_len != 1024:
+        return (
+            f"{line} -- not comparable here ({device.type}, {args.layers} layer(s), "
+            f"{args.seq_len} tokens): this checks the path, not the speed"
+        )
+    line += "; the packed row is closest to its shape (dense 1024-token rows)"
+    if objective == "dpo":
+        line += "; its DPO step also runs the reference forward (eightfold caches it)"
+    return line
 
 
 def real_tokens(batch) -> int:
@@ -275,6 +335,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument(
+        "--load-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="dtype the eightfold rows get the model in (model.dtype); training must be fp32",
+    )
+    ap.add_argument(
         "--layers",
         type=int,
         default=24,
@@ -282,6 +348,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     device = torch.device(args.device)
+    load_dtype = getattr(torch, args.load_dtype)
     args.precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -300,7 +367,7 @@ def main() -> None:
     print(
         f"model {args.model}: {n_params / 1e6:.2f} M parameters on {device} ({args.precision}), "
         f"{torch.get_num_threads()} CPU thread(s); {len(groups)} batches of {len(groups[0])}; "
-        f"{args.steps} steps, timed after {args.warmup}"
+        f"{args.steps} steps, timed after {args.warmup}; eightfold rows load {args.load_dtype}"
     )
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()}")
@@ -332,12 +399,12 @@ def main() -> None:
                 "plain torch loop",
                 *plain(model, padded, args.steps, args.warmup, args.lr, device, args.precision),
             )
-            model = copy.deepcopy(base).to(device)
+            model = as_loaded(copy.deepcopy(base), load_dtype).to(device)
             record(
                 "eightfold (Lightning + Hydra config)",
                 *eightfold_fit(objective, model, tok, padded, tokens_padded, args, device, []),
             )
-        model = copy.deepcopy(base).to(device)
+        model = as_loaded(copy.deepcopy(base), load_dtype).to(device)
         record(
             "eightfold + perf.packing",
             *eightfold_fit(
@@ -351,7 +418,7 @@ def main() -> None:
                 ["perf.packing=true", f"perf.pack_length={pack_length}"],
             ),
         )
-        model = copy.deepcopy(base).to(device)
+        model = as_loaded(copy.deepcopy(base), load_dtype).to(device)
         record(
             f"eightfold + perf.logits_chunk_size={args.chunk}",
             *eightfold_fit(
@@ -369,19 +436,27 @@ def main() -> None:
         print(
             f"\n{objective.upper()}: padding is {100 * pad_frac:.1f}% of the padded batches' tokens"
         )
-        print(f"{'row':46s} {'tokens/s (best)':>16s} {'all repeats':>24s} {'vs plain':>9s}")
+        anchor = ANCHOR_TOKENS_S[objective] if args.model == "qwen0.5b" else None
+        print(
+            f"{'row':46s} {'tokens/s (best)':>16s} {'all repeats':>24s} {'vs plain':>9s}"
+            + (f" {'vs H100 anchor':>15s}" if anchor else "")
+        )
         best_plain = max(rows["plain torch loop"])
         flops_per_token = (
             6 * n_params
         )  # policy forward + backward; the DPO reference pass is cached
         for name, values in rows.items():
             extra = ""
+            if anchor:
+                extra += f" {max(values) / anchor:14.3f}x"
             if device.type == "cuda":
-                extra = f"  MFU {100 * max(values) * flops_per_token / 989e12:.1f}%"
+                extra += f"  MFU {100 * max(values) * flops_per_token / 989e12:.1f}%"
             print(
                 f"{name:46s} {max(values):16,.0f} {' '.join(f'{v:,.0f}' for v in values):>24s} "
                 f"{max(values) / best_plain:8.3f}x{extra}"
             )
+        if anchor:
+            print(anchor_note(objective, anchor, device, args))
 
 
 if __name__ == "__main__":
