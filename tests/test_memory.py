@@ -11,9 +11,6 @@ the stated factor is measured / 1.0 .. measured * 1.25.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -201,31 +198,11 @@ def test_h100_anchors_on_paper(name):
 
 
 # ----------------------------------------------------------------------------- the sweep refuses
-def _seven_b_sweep(tmp_path: Path) -> Path:
-    """sweeps/gsm8k_7b.yaml when it sets gpu_memory_gib, else the same study written here."""
-    path = REPO / "sweeps" / "gsm8k_7b.yaml"
-    if "gpu_memory_gib=80" in path.read_text():
-        return path
-    spec = {
-        "overrides": [
-            "model=hf",
-            "model.name=deepseek-ai/deepseek-math-7b-base",
-            "data=gsm8k",
-            f"data.train_file={tmp_path / 'train.jsonl'}",
-            f"data.test_file={tmp_path / 'test.jsonl'}",
-            "trainer=fsdp",
-            "perf=gpu",
-            "gpu_memory_gib=80",
-        ],
-        "grid": {"objective": ["sft", "step_dpo"]},
-    }
-    out = tmp_path / "gsm8k_7b.yaml"
-    out.write_text(json.dumps(spec))
-    return out
-
-
 def test_seven_b_dry_run_fits_sharded_and_is_refused_replicated(tmp_path):
-    sweep = _seven_b_sweep(tmp_path)
+    """sweeps/gsm8k_7b.yaml itself (trainer=fsdp, 8 GPUs, gpu_memory_gib=80): its dry run shows
+    the memory table and passes; with trainer=ddp every run is refused, by the sweep's own limit."""
+    sweep = REPO / "sweeps" / "gsm8k_7b.yaml"
+    assert "- gpu_memory_gib=80" in sweep.read_text()  # else nothing below could be refused
     extra = [f"data.train_file={tmp_path / 't.jsonl'}", f"data.test_file={tmp_path / 'e.jsonl'}"]
     root = ["--root", str(tmp_path / "root")]
     ok = run_cli(["eightfold.sweep", str(sweep), "--dry-run", *root, *extra], cwd=tmp_path)
@@ -248,3 +225,25 @@ def test_seven_b_dry_run_fits_sharded_and_is_refused_replicated(tmp_path):
     real = run_cli(["eightfold.sweep", str(sweep), *root, *extra, "trainer=ddp"], cwd=tmp_path)
     assert real.returncode == 2 and "does not fit" in real.stdout + real.stderr
     assert not (tmp_path / "root" / "runs").exists()
+
+
+def test_the_single_gpu_study_fits_one_80_gb_gpu(tmp_path):
+    """sweeps/gsm8k_qwen0.5b.yaml: every run fits one 80 GB GPU (the dry run docs/real-models.md
+    shows), and refuses once the limit is below its estimate (21.3 GiB when written)."""
+    sweep = REPO / "sweeps" / "gsm8k_qwen0.5b.yaml"
+    assert "- gpu_memory_gib=80" in sweep.read_text()
+    args = [
+        "eightfold.sweep",
+        str(sweep),
+        "--dry-run",
+        "--root",
+        str(tmp_path / "root"),
+        f"data.train_file={tmp_path / 't.jsonl'}",
+        f"data.test_file={tmp_path / 'e.jsonl'}",
+    ]
+    ok = run_cli(args, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr[-3000:]
+    rows = [line for line in ok.stdout.splitlines() if "/80 GiB" in line]
+    assert len(rows) == 20 and "does not fit" not in ok.stdout + ok.stderr
+    small = run_cli([*args, "gpu_memory_gib=16"], cwd=tmp_path)
+    assert small.returncode == 2 and "more than gpu_memory_gib=16" in small.stdout + small.stderr

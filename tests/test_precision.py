@@ -1,4 +1,4 @@
-"""The precision policy (docs/performance.md#real-models): whatever dtype a model is loaded in,
+"""The precision policy (docs/real-models.md#precision): whatever dtype a model is loaded in,
 the weights that train (and so AdamW's state) are fp32; the compute precision is
 ``trainer.precision`` (bf16-mixed on GPU). A 1e-6 update to a bf16 weight of ~0.02 rounds to
 nothing (bf16 spacing there is ~1.2e-4), so a bf16 master copy would make DPO a no-op."""
