@@ -34,13 +34,35 @@ def saved_bf16_model(directory: Path) -> Path:
     return directory
 
 
+def saved_bf16_llama(directory: Path) -> Path:
+    """The real-model test's tiny Llama and byte-level BPE tokenizer (tests/real_model.py), stored
+    in bf16."""
+    from transformers import LlamaForCausalLM
+
+    from tests.real_model import save_tiny_llama, task_texts, train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(task_texts(size=200, chains=2, steps=1, modulus=7))
+    save_tiny_llama(directory, tokenizer)
+    LlamaForCausalLM.from_pretrained(directory).to(torch.bfloat16).save_pretrained(directory)
+    return directory
+
+
+# each architecture with the name of its final norm (initialised at 1.0)
+ARCHS = {
+    "gpt2": (saved_bf16_model, "transformer.ln_f.weight"),
+    "llama": (saved_bf16_llama, "model.norm.weight"),
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_a_bf16_load_trains_fp32_master_weights(precision, tmp_path):
+def test_a_bf16_load_trains_fp32_master_weights(precision, arch, tmp_path):
     """model=hf with model.dtype=bfloat16, one AdamW step at lr 1e-6 through the objective's own
     configure_optimizers: the weights and the optimizer state are fp32, and nearly every weight
-    moved (in bf16 only those with |w| < ~2.6e-4 could, about 1 % of them, and no LayerNorm
-    weight at 1.0)."""
-    name = saved_bf16_model(tmp_path / "bf16")
+    moved (in bf16 only those with |w| < ~2.6e-4 could, about 1 % of them, and no norm weight at
+    1.0). GPT-2 with the char tokenizer and the real-model test's Llama with its BPE tokenizer."""
+    save, final_norm = ARCHS[arch]
+    name = save(tmp_path / "bf16")
     cfg = compose_cfg(
         [
             *SMALL,
@@ -78,7 +100,7 @@ def test_a_bf16_load_trains_fp32_master_weights(precision, tmp_path):
     moved = sum(int((params[n].detach() != w).sum()) for n, w in before.items())
     total = sum(w.numel() for w in before.values())
     assert moved / total > 0.9, f"only {moved} of {total} weights moved at lr 1e-6"
-    ln = params["transformer.ln_f.weight"].detach()
+    ln = params[final_norm].detach()
     assert (ln != 1.0).all() and (ln - 1.0).abs().max() < 1e-5  # one step of ~lr from 1.0
 
 

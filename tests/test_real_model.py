@@ -11,6 +11,9 @@ How it looks: the real run in this process, with recording wrappers (the wrapped
 still run) around the three places ids pass: pi_sft's sampling (``generate_ids``), the rollout
 engine (``sample_continuations``) and the pairs as the DPO objectives tokenise them for scoring
 (``tokenize_pair``); RFT's training pairs are read from the datamodule its ``prepare`` returns.
+
+That a tiny lr still changes this Llama's fp32 master weights (loaded in bf16) is checked in
+tests/test_precision.py, beside the same check on GPT-2.
 """
 
 from __future__ import annotations

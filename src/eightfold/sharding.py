@@ -5,7 +5,10 @@
 - :func:`fsdp_mixed_precision`: the precision policy under FSDP (fp32 shards, bf16 compute);
 - :class:`ShardedFSDP`: FSDPStrategy whose sharded checkpoint (a folder: one file per rank plus
   Lightning's ``meta.pt``) replaces the previous one by rename, so a kill mid-save leaves the
-  last complete checkpoint for the requeued job (Lightning writes the folder in place).
+  last complete checkpoint for the requeued job (Lightning writes the folder in place);
+- :func:`full_state_dict` and :func:`unsharded`: after ``trainer.fit``, the policy's whole weights
+  gathered by every rank onto rank 0, and the policy as a plain HF model holding them, for the
+  rank-0 save (``model/``, pi_sft of every other run) and evaluation.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ class LayerPolicy:
 def fsdp_mixed_precision(precision: str):
     """FSDP's mixed precision for ``trainer.precision``: the shards (master weights, AdamW state)
     stay fp32; ``bf16-mixed`` gathers parameters and computes in bf16 but reduces gradients in
-    fp32 (summed over ranks in bf16 they would keep ~3 significant digits); ``32-true``: all fp32."""
+    fp32 (summed over ranks in bf16 they would keep ~3 significant digits) and leaves buffers as
+    loaded (Lightning's autocast covers their use); ``32-true``: all fp32."""
     from torch.distributed.fsdp import MixedPrecision
 
     if precision == "32-true":
@@ -61,14 +65,16 @@ def fsdp_mixed_precision(precision: str):
         raise ValueError(
             f"trainer.precision={precision} with trainer=fsdp: expected bf16-mixed or 32-true"
         )
-    return MixedPrecision(
-        param_dtype=torch.bfloat16, reduce_dtype=torch.float32, buffer_dtype=torch.bfloat16
-    )
+    # buffer_dtype=None: buffers keep their dtype. bf16 would round RoPE's inv_freq in place, in
+    # training and in the model rank 0 evaluates (Llama's head_dim 128: up to 1.2 rad of rotation
+    # off at position 1000).
+    return MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, buffer_dtype=None)
 
 
 class ShardedFSDP(FSDPStrategy):
-    """FSDPStrategy with atomic sharded checkpoints. GPU only: torch's FSDP refuses a CPU device
-    (torch 2.13), so the CPU tests check the preset, the policies and the checkpoint swap."""
+    """FSDPStrategy with atomic sharded checkpoints. GPU only: on a CPU Lightning passes FSDP no
+    device and torch refuses ("FSDP needs a non-CPU accelerator device", torch 2.13); given
+    ``device_id=cpu`` torch's FSDP runs there, which is how the CPU tests train a sharded step."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None
@@ -96,3 +102,73 @@ class ShardedFSDP(FSDPStrategy):
             else:
                 old.unlink(missing_ok=True)
         self.barrier()
+
+
+def full_state_dict(wrapped: torch.nn.Module, prefix: str = "model.") -> dict[str, Any] | None:
+    """The policy's whole (unsharded) weights after training under FSDP.
+
+    ``wrapped`` is the module the strategy trained (``trainer.strategy.model``): under
+    FSDPStrategy the root ``FullyShardedDataParallel`` around the LightningModule, one unit per
+    decoder layer inside. The gather is a collective: every rank must call this. Rank 0 gets the
+    entries under ``prefix`` (the LightningModule's ``model``) with the HF model's own keys, in
+    the master dtype (fp32); the other ranks get ``{}``. Any other strategy: None (rank 0's model
+    is whole already).
+    """
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    if not isinstance(wrapped, FSDP):
+        return None
+    # 1. Lightning's own full-state-dict context (FSDPStrategy.lightning_module_state_dict): units
+    #    gathered one at a time, kept by rank 0 alone, moved to host memory as they come (7B in
+    #    fp32 is 28 GB). On a CPU device they are there already, and offload_to_cpu would free
+    #    them under the returned dict (torch 2.13 segfaults in the state-dict hook).
+    offload = wrapped.compute_device.type != "cpu"
+    config = FullStateDictConfig(offload_to_cpu=offload, rank0_only=True)
+    with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, config):
+        state = wrapped.state_dict()
+    # 2. the policy's entries under its own names (FSDP and checkpoint prefixes are already out)
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def unsharded(model: torch.nn.Module, state: dict[str, Any]) -> torch.nn.Module:
+    """``model`` (the policy that FSDP trained, wrapped in place) as a plain model on the CPU
+    holding ``state`` (rank 0's :func:`full_state_dict`): what ``save_pretrained`` and evaluation
+    need. Cheap: the gathered tensors become the parameters (no copy, no second model), and the
+    buffers are the model's own (RoPE's inv_freq as built; not in a state dict)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    # 1. each layer is FSDP(CheckpointWrapper(layer)) after Lightning's wrap: put the layer back
+    def unwrap(parent: torch.nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            inner = child
+            while isinstance(inner, (FSDP, ActivationWrapper)):
+                inner = (
+                    inner.module if isinstance(inner, FSDP) else inner._checkpoint_wrapped_module
+                )
+            if inner is not child:
+                setattr(parent, name, inner)
+            unwrap(inner)
+
+    unwrap(model)
+    # 2. the gathered tensors replace the shards (a shard is a flat piece of another shape, which
+    #    load_state_dict refuses even with assign=True); every name must match
+    names = set(model.state_dict())
+    if set(state) != names:
+        raise ValueError(
+            f"the gathered state dict does not match the model: missing {sorted(names - set(state))},"
+            f" unexpected {sorted(set(state) - names)}"
+        )
+    for name, tensor in state.items():
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner)
+        if leaf in module._parameters:
+            old = module._parameters[leaf]
+            module._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
+        else:  # a persistent buffer
+            module._buffers[leaf] = tensor
+    # 3. tied weights (an LM head sharing the embedding) came as two copies: tie them again
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model.cpu()

@@ -225,6 +225,7 @@ def _run_locked(cfg: DictConfig, directory: Path, write_config: bool = True) -> 
     from eightfold.models import apply_lora, hf_causal_lm, merge_lora, run_device, to_load_dtype
     from eightfold.objectives import Objective
     from eightfold.objectives.pi_sft import PiSft
+    from eightfold.sharding import full_state_dict, unsharded
 
     t0 = time.perf_counter()
     _console(cfg)
@@ -295,8 +296,11 @@ def _run_locked(cfg: DictConfig, directory: Path, write_config: bool = True) -> 
     )
 
     # 4. save, evaluate greedily on the test set, write result.json
+    full = full_state_dict(trainer.strategy.model)  # FSDP: all ranks gather, rank 0 keeps it
     result: dict = {}
     if trainer.global_rank == 0:
+        if full is not None:  # FSDP left the model wrapped and sharded: whole again on the CPU
+            model = unsharded(model, full)
         model = to_load_dtype(merge_lora(model))  # plain weights in the load dtype (fp32 trains)
         if cfg.save_model:
             save_model_atomic(model, tokenizer, directory / MODEL_DIR)
