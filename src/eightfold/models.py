@@ -119,7 +119,9 @@ def load_dtype(model: PreTrainedModel) -> torch.dtype:
     """The dtype ``model`` was loaded in. ``from_pretrained`` records it in the config (``dtype``;
     ``torch_dtype`` before transformers 4.56): the one ``model.dtype`` asked for, or the
     checkpoint's own for ``auto``. A model built from a config (tiny_gpt) records none: fp32."""
-    dtype = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
+    dtype = getattr(model.config, "dtype", None)
+    if dtype is None and "torch_dtype" in vars(model.config):  # transformers < 4.56 (no property:
+        dtype = model.config.torch_dtype  # reading the new one's alias logs a deprecation line)
     if dtype is None:
         return torch.float32
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
