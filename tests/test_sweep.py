@@ -81,8 +81,14 @@ def multirun_dirs(root: Path) -> list[Path]:
 
 
 def table(stdout: str) -> list[list[str]]:
-    """The rows of the status table: [index, status, name, ...]."""
-    return [line.split()[1:] for line in stdout.splitlines() if line.startswith("  [")]
+    """The rows of the status table: [index, status, name, ...] ("  [  7] pending name ..." and,
+    past 99 runs, "  [100] pending name ...")."""
+    rows = []
+    for line in stdout.splitlines():
+        if line.startswith("  ["):
+            index, rest = line[3:].split("]", 1)
+            rows.append([index.strip(), *rest.split()])
+    return rows
 
 
 def run_hash(name: str) -> str:
