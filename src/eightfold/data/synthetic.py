@@ -75,7 +75,7 @@ TEACHER_SOURCES = {
 }
 REAL_SOURCES = {"gsm8k": "gsm8k", "math": "math"}
 # star_graph: the path-star task (eightfold.data.star_graph), built by the datamodule directly
-SOURCES = ("procedural", "star_graph", *TEACHER_SOURCES, *REAL_SOURCES)
+SOURCES = ("procedural", *TEACHER_SOURCES, *REAL_SOURCES, "star_graph")
 LABELS = ("reference", "teacher")
 STREAM_NS, DSYN_NS = "teacher", "dsyn"
 
