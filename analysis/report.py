@@ -81,7 +81,9 @@ def flag_section(paired: dict) -> list[str]:
         return L + [f"None: no run on pi_sft trained on {rule}.", ""]
     L += [
         f"A run on pi_sft is flagged when it trained on {rule}. Flagged runs are left out of the "
-        "fits, the multipliers and the paired tests; their accuracies stay in the table above.",
+        "fits and the multipliers; the paired tests leave out only those below --min-steps or "
+        "--min-pairs (many passes over few pairs is still training, and how such a run compares "
+        "with its control is the measurement). Their accuracies stay in the table above.",
         "",
     ]
     body = [
