@@ -347,6 +347,20 @@ def negative_values(
     )
 
 
+def rollout_settings(o) -> dict:
+    """``rollout_negatives``' keyword arguments from an objective's rollout block
+    (conf/objective/common/rollouts.yaml): one place, so the negatives and the positives of the
+    spurious-step analysis are rolled out alike."""
+    return {
+        "rollouts": int(o.rollouts),
+        "temperature": float(o.rollout_temperature),
+        "top_p": float(o.rollout_top_p),
+        "max_new_tokens": int(o.max_new_tokens),
+        "share_prefix": bool(o.prefix_reuse),
+        "batch_size": int(o.rollout_batch_size),
+    }
+
+
 def rollout_negatives(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -45,6 +45,7 @@ from eightfold.rollouts import (
     NegativeValues,
     rollout_negatives,
     rollout_seed,
+    rollout_settings,
     sample_continuations,
 )
 from eightfold.runfiles import weights_fingerprint
@@ -347,14 +348,9 @@ class PiSft:
                 [e.prompt for e in samples.examples],
                 [e.answer for e in samples.examples],
                 self.kind,
-                rollouts=int(o.rollouts),
-                temperature=float(o.rollout_temperature),
-                top_p=float(o.rollout_top_p),
-                max_new_tokens=int(o.max_new_tokens),
+                **rollout_settings(o),
                 seed=int(self.cfg.seed),
                 early_stop=bool(o.early_stop),
-                share_prefix=bool(o.prefix_reuse),
-                batch_size=int(o.rollout_batch_size),
                 keep_correct=int(o.keep_correct),
             )
             log.info("rolled out %d negatives: %s", len(items), stats.as_dict())

@@ -24,7 +24,7 @@ import logging
 from eightfold.data.arithmetic import Problem, first_wrong_step, unneeded_steps
 from eightfold.data.cache import load_or_build
 from eightfold.generation import Completion
-from eightfold.rollouts import NegativeValues, rollout_negatives
+from eightfold.rollouts import NegativeValues, rollout_negatives, rollout_settings
 from eightfold.verify import split_steps
 
 log = logging.getLogger(__name__)
@@ -89,14 +89,9 @@ def positive_rollouts(
             [e.prompt for e in samples.examples],
             [e.answer for e in samples.examples],
             pi_sft.kind,
-            rollouts=int(o.rollouts),
-            temperature=float(o.rollout_temperature),
-            top_p=float(o.rollout_top_p),
-            max_new_tokens=int(o.max_new_tokens),
+            **rollout_settings(o),
             seed=int(pi_sft.cfg.seed),
             early_stop=False,
-            share_prefix=bool(o.prefix_reuse),
-            batch_size=int(o.rollout_batch_size),
             keep_correct=0,
         )
         log.info("rolled out %d positives: %s", len(items), stats.as_dict())
