@@ -87,10 +87,15 @@ def validate_config(cfg: DictConfig) -> None:
         )
     if data.source == "star_graph":
         task = dict(data.task)
-        if set(task) != {"degree", "path_length", "num_nodes"}:
+        if not {"degree", "path_length", "num_nodes"} <= set(task) <= {
+            "degree",
+            "path_length",
+            "num_nodes",
+            "cue",
+        }:
             raise ConfigError(
-                f"data.task={task} is not valid for data.source=star_graph: expected exactly the"
-                " keys degree, path_length, num_nodes (conf/data/star_graph.yaml)"
+                f"data.task={task} is not valid for data.source=star_graph: expected the keys"
+                " degree, path_length, num_nodes and optionally cue (conf/data/star_graph.yaml)"
             )
         try:
             check_star_graph(**task, size=size, test_size=data.test_size)

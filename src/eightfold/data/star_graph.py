@@ -73,10 +73,21 @@ class StarGraph:
 
 
 def check_task(
-    degree: int, path_length: int, num_nodes: int, size: int = 0, test_size: int = 0
+    degree: int,
+    path_length: int,
+    num_nodes: int,
+    size: int = 0,
+    test_size: int = 0,
+    cue: float | None = None,
 ) -> None:
     """Raise ValueError (one line: the bad value and what would be valid) for a graph that cannot
     be built, or a data or test size larger than the number of distinct graphs."""
+    if cue is not None and (
+        isinstance(cue, bool) or not isinstance(cue, (int, float)) or not 0.0 <= cue <= 1.0
+    ):
+        raise ValueError(
+            f"data.task.cue={cue!r} is not valid: expected null (no cue) or a probability in [0, 1]"
+        )
     for key, value, low in (("degree", degree, 1), ("path_length", path_length, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(
@@ -109,8 +120,15 @@ def pool_size(degree: int, path_length: int, num_nodes: int) -> int:
     return num_nodes * math.perm(num_nodes - 1, degree * arm) // math.factorial(degree - 1)
 
 
-def random_graph(rng: random.Random, degree: int, path_length: int, num_nodes: int) -> StarGraph:
-    """B&N's generator (``data/graphs.py: star_graph``) with letters for node numbers."""
+def random_graph(
+    rng: random.Random, degree: int, path_length: int, num_nodes: int, cue: float | None = None
+) -> StarGraph:
+    """B&N's generator (``data/graphs.py: star_graph``) with letters for node numbers.
+
+    ``cue``: the probability that the source's edge into the goal arm is the first source edge
+    of the listing (a shortcut that predicts the first node; 1/d without it). ``None`` draws
+    nothing more from ``rng``, so graphs without a cue are B&N's stream unchanged.
+    """
     arm = path_length - 1
     # 1. the source and d arms of l-1 distinct nodes; the first arm leads to the goal
     nodes = rng.sample(LABELS[:num_nodes], 1 + degree * arm)
@@ -118,6 +136,16 @@ def random_graph(rng: random.Random, degree: int, path_length: int, num_nodes: i
     # 2. edges point outward from the source along each arm, listed in a shuffled order
     edges = [(a, b) for nodes_ in arms for a, b in zip([source, *nodes_], nodes_)]
     rng.shuffle(edges)
+    # 3. the spurious cue: put the goal arm's source edge in the first source-edge slot with
+    # probability cue, else in one of the other source-edge slots (uniformly)
+    if cue is not None and degree > 1:
+        slots = [i for i, (a, _) in enumerate(edges) if a == source]
+        goal_edge = (source, arms[0][0])
+        rest = [e for i, e in enumerate(edges) if i in slots and e != goal_edge]
+        where = 0 if rng.random() < cue else rng.randrange(1, degree)
+        ordered = rest[:where] + [goal_edge] + rest[where:]
+        for i, e in zip(slots, ordered):
+            edges[i] = e
     return StarGraph(tuple(edges), source, arms[0][-1], (source, *arms[0]))
 
 
@@ -128,17 +156,18 @@ def generate_graphs(
     path_length: int = 4,
     num_nodes: int = 20,
     exclude: set[str] | frozenset[str] = frozenset(),
+    cue: float | None = None,
 ) -> list[StarGraph]:
     """The first ``n`` distinct graphs (by ``key``) of the stream ``seed``, skipping ``exclude``.
 
     Nested by construction: the first n graphs of a size-2n call are the size-n graphs.
     """
-    check_task(degree, path_length, num_nodes, n, len(exclude))
+    check_task(degree, path_length, num_nodes, n, len(exclude), cue)
     rng = random.Random(seed)
     seen = set(exclude)
     out: list[StarGraph] = []
     while len(out) < n:
-        g = random_graph(rng, degree, path_length, num_nodes)
+        g = random_graph(rng, degree, path_length, num_nodes, cue)
         if g.key not in seen:
             seen.add(g.key)
             out.append(g)
@@ -161,13 +190,15 @@ def star_graph_split(
     degree: int,
     path_length: int,
     num_nodes: int,
+    cue: float | None = None,
 ) -> tuple[list[Example], list[Example]]:
     """(train, test), as the arithmetic task: the test graphs come from their own stream
-    (``test_seed``), the training graphs from ``seed`` skipping every test graph."""
+    (``test_seed``), the training graphs from ``seed`` skipping every test graph. A ``cue``
+    shapes the training graphs only: on the test graphs the listing order says nothing."""
     task = dict(degree=degree, path_length=path_length, num_nodes=num_nodes)
-    check_task(**task, size=size, test_size=test_size)
+    check_task(**task, size=size, test_size=test_size, cue=cue)
     test = generate_graphs(test_size, test_seed, **task)
-    train = generate_graphs(size, seed, exclude={g.key for g in test}, **task)
+    train = generate_graphs(size, seed, exclude={g.key for g in test}, cue=cue, **task)
     return [to_example(g) for g in train], [to_example(g) for g in test]
 
 
@@ -178,11 +209,11 @@ def pool_examples(
     degree: int,
     path_length: int,
     num_nodes: int,
+    cue: float | None = None,
 ) -> list[Example]:
     """``objective.sample_prompts=pool`` for the star graph: ``size`` fresh graphs from the
-    stream ``seed``, none of them a graph of ``avoid`` (train and test) in any edge order."""
+    stream ``seed`` (the training distribution, ``cue`` included), none of them a graph of
+    ``avoid`` (train and test) in any edge order."""
     exclude = {e.problem.key for e in avoid}
-    return [
-        to_example(g)
-        for g in generate_graphs(size, seed, degree, path_length, num_nodes, exclude=exclude)
-    ]
+    graphs = generate_graphs(size, seed, degree, path_length, num_nodes, exclude=exclude, cue=cue)
+    return [to_example(g) for g in graphs]
