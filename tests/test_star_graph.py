@@ -123,6 +123,7 @@ def test_every_graph_of_a_tiny_pool_once_then_a_clear_error():
         (dict(degree=3, path_length=5, num_nodes=12), r"num_nodes=12 is too small: .* 13 distinct"),
         (dict(degree=2, path_length=1, num_nodes=20), r"path_length=1 is not valid"),
         (dict(degree=0, path_length=4, num_nodes=20), r"degree=0 is not valid"),
+        (dict(degree=2, path_length=3, num_nodes=20, cue=1.5), r"cue=1.5 is not valid: .*\[0, 1\]"),
     ],
 )
 def test_bad_task_is_one_clear_line_from_the_generator_and_the_config(task, message, tmp_path):
@@ -144,8 +145,35 @@ def test_config_refuses_a_star_graph_with_another_kind_or_task(tmp_path):
     base = ["data=star_graph", f"paths.root={tmp_path}"]
     with pytest.raises(ConfigError, match="data.kind='procedural' is not valid"):
         validate_config(compose_cfg([*base, "data.kind=procedural"]))
-    with pytest.raises(ConfigError, match="expected exactly the keys degree, path_length"):
+    with pytest.raises(ConfigError, match="expected the keys degree, path_length, num_nodes and optionally cue"):
         validate_config(compose_cfg([*base, "+data.task.modulus=7"]))
+
+
+def first_source_child(g: StarGraph) -> str:
+    return next(b for a, b in g.edges if a == g.source)
+
+
+def test_cue_lists_the_goal_arm_first_in_training_graphs_only():
+    # the cue's rate is what was asked for in training, 1/d in the test graphs; the graphs are
+    # the same graphs as without the cue (only the source edges' order differs), and no cue
+    # leaves B&N's stream untouched
+    task = dict(degree=2, path_length=3, num_nodes=20)
+    train, test = star_graph_split(3000, 0, 1000, 12345, **task, cue=0.9)
+    plain_train, plain_test = star_graph_split(3000, 0, 1000, 12345, **task)
+    cued = [first_source_child(e.problem) == e.problem.path[1] for e in train]
+    assert 0.87 < sum(cued) / len(cued) < 0.93
+    assert 0.45 < sum(first_source_child(e.problem) == e.problem.path[1] for e in test) / 1000 < 0.55
+    assert [e.prompt for e in test] == [e.prompt for e in plain_test]
+    assert [e.solution for e in train] != [e.solution for e in plain_train]  # other rng draws
+    for e in train[:200]:
+        g = e.problem
+        assert len(set(g.edges)) == 4 and (g.source, g.path[1]) in g.edges
+    always = star_graph_split(200, 0, 10, 12345, **task, cue=1.0)[0]
+    assert all(first_source_child(e.problem) == e.problem.path[1] for e in always)
+    never = star_graph_split(200, 0, 10, 12345, **task, cue=0.0)[0]
+    assert not any(first_source_child(e.problem) == e.problem.path[1] for e in never)
+    pool = pool_examples(500, 7, train + test, **task, cue=1.0)
+    assert all(first_source_child(e.problem) == e.problem.path[1] for e in pool)
 
 
 # -----------------------------------------------------------------------------
