@@ -10,9 +10,11 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import eightfold.objectives.preference as preference
-from eightfold.rundir import run_dir
+from eightfold.objectives.pi_sft import SampleSet, select_negatives
+from eightfold.rundir import config_hash, run_dir
 from eightfold.runfiles import RESULT
 from eightfold.train import run
 from tests.helpers import REPO, compose_cfg, run_cli
@@ -170,6 +172,36 @@ def test_step_dpo_rollouts_pits_agreement_and_pairs(root):
         == 120
     )
     assert r["pairs"] > 0 and r["train_steps"] == r["objective_steps"] > 0
+
+
+def test_negatives_where_greedy_wrong_keeps_only_problems_greedy_gets_wrong(root):
+    # the selection rule on hand-made records: problem 1's greedy answer is right, so its
+    # negatives go; problem 0's stay
+    recs = [
+        {"problem": p, "completion": f"x={p}{j}", "ids": [p, j], "correct": j == 0}
+        for p in (0, 1)
+        for j in range(3)
+    ]
+    samples = SampleSet([], recs, {})
+    kept, _ = select_negatives(samples, None, None, 0, problems={0})
+    assert {p for p, _ in kept} == {0} and len(kept) == 2
+    assert len(select_negatives(samples, None, None, 0)[0]) == 4
+    # through a real run: a greedy pass over the training prompts, cached, reported, and
+    # fewer or as many negatives as the default selection on the same samples
+    plain, where = (
+        cfg_for(root, "dpo"),
+        cfg_for(root, "dpo", "objective.negatives_where=greedy_wrong"),
+    )
+    tree = OmegaConf.to_container(plain, resolve=True)
+    del tree["objective"]["negatives_where"]  # off, the key leaves every existing hash alone
+    assert config_hash(tree) == config_hash(plain) and run_dir(plain) != run_dir(where)
+    run(plain)
+    run(where)
+    a, b = finished(plain), finished(where)
+    assert 0.0 <= b["greedy_train_accuracy"] <= 1.0 and "greedy_train_accuracy" not in a
+    assert b["budget_items"] <= a["budget_items"]
+    assert b["greedy_wrong_problems"] == round((1 - b["greedy_train_accuracy"]) * a["n"])
+    assert list((root / "cache" / "greedy").glob("*.jsonl"))
 
 
 def test_awr_shares_the_step_dpo_rollouts(root):

@@ -145,7 +145,9 @@ def test_config_refuses_a_star_graph_with_another_kind_or_task(tmp_path):
     base = ["data=star_graph", f"paths.root={tmp_path}"]
     with pytest.raises(ConfigError, match="data.kind='procedural' is not valid"):
         validate_config(compose_cfg([*base, "data.kind=procedural"]))
-    with pytest.raises(ConfigError, match="expected the keys degree, path_length, num_nodes and optionally cue"):
+    with pytest.raises(
+        ConfigError, match="expected the keys degree, path_length, num_nodes and optionally cue"
+    ):
         validate_config(compose_cfg([*base, "+data.task.modulus=7"]))
 
 
@@ -162,7 +164,9 @@ def test_cue_lists_the_goal_arm_first_in_training_graphs_only():
     plain_train, plain_test = star_graph_split(3000, 0, 1000, 12345, **task)
     cued = [first_source_child(e.problem) == e.problem.path[1] for e in train]
     assert 0.87 < sum(cued) / len(cued) < 0.93
-    assert 0.45 < sum(first_source_child(e.problem) == e.problem.path[1] for e in test) / 1000 < 0.55
+    assert (
+        0.45 < sum(first_source_child(e.problem) == e.problem.path[1] for e in test) / 1000 < 0.55
+    )
     assert [e.prompt for e in test] == [e.prompt for e in plain_test]
     assert [e.solution for e in train] != [e.solution for e in plain_train]  # other rng draws
     for e in train[:200]:

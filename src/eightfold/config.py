@@ -63,6 +63,7 @@ REJECTED = ("pit", "rest")
 PIT_RULES = ("first_zero", "argmin_advantage", "first_drop")
 VALUES = ("bok", "bok_any", "mean")
 SAMPLE_PROMPTS = ("train", "pool")
+NEGATIVES_WHERE = ("greedy_wrong",)
 POSITIVES = ("teacher+self", "self", "teacher")
 INITS = ("sft", "base")
 FILTERS = ("answer", "strict")
@@ -76,6 +77,7 @@ Rejected = _choices("Rejected", REJECTED)
 PitRule = _choices("PitRule", PIT_RULES)
 Value = _choices("Value", VALUES)
 SamplePrompts = _choices("SamplePrompts", SAMPLE_PROMPTS)
+NegativesWhere = _choices("NegativesWhere", NEGATIVES_WHERE)
 Positives = _choices("Positives", POSITIVES)
 Init = _choices("Init", INITS)
 Filter = _choices("Filter", FILTERS)
@@ -91,6 +93,7 @@ CHOICES: dict[str, type[_StrEnum]] = {
     "pit_rule": PitRule,
     "value": Value,
     "sample_prompts": SamplePrompts,
+    "negatives_where": NegativesWhere,
     "positives": Positives,
     "init": Init,
     "filter": Filter,
@@ -190,6 +193,10 @@ class _Negatives:
 
     negatives_per_problem: int = _f("incorrect samples used per problem (at most k exist)")
     max_negatives: int | None = _f("incorrect samples used in all (null = every one)")
+    negatives_where: NegativesWhere | None = _f(  # type: ignore[valid-type]
+        "null: negatives of every problem | greedy_wrong: only of the problems whose greedy"
+        " answer pi_sft gets wrong (its likely errors, not its sampling tail)"
+    )
 
 
 @dataclass

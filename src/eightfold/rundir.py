@@ -55,10 +55,12 @@ def _drop(tree: dict, dotted: str) -> None:
 # Keys hashed only while they are on (``{switch: keys}``): pass@k changes result.json when it is
 # set (eval.pass_k=[1,5]); off (null, the default) it and its sampling settings leave the hash of
 # every greedy-only run where it was before they existed. The same for the spurious-step analysis
-# of step_dpo / awr: objective.spurious_analysis.positives=n adds rollouts and result fields.
+# of step_dpo / awr: objective.spurious_analysis.positives=n adds rollouts and result fields,
+# and objective.negatives_where=greedy_wrong (a greedy pass, fewer negatives).
 HASH_WHEN_ON = {
     "eval.pass_k": ("eval.pass_k", "eval.sampling"),
     "objective.spurious_analysis.positives": ("objective.spurious_analysis",),
+    "objective.negatives_where": ("objective.negatives_where",),
 }
 
 

@@ -87,12 +87,16 @@ def validate_config(cfg: DictConfig) -> None:
         )
     if data.source == "star_graph":
         task = dict(data.task)
-        if not {"degree", "path_length", "num_nodes"} <= set(task) <= {
-            "degree",
-            "path_length",
-            "num_nodes",
-            "cue",
-        }:
+        if (
+            not {"degree", "path_length", "num_nodes"}
+            <= set(task)
+            <= {
+                "degree",
+                "path_length",
+                "num_nodes",
+                "cue",
+            }
+        ):
             raise ConfigError(
                 f"data.task={task} is not valid for data.source=star_graph: expected the keys"
                 " degree, path_length, num_nodes and optionally cue (conf/data/star_graph.yaml)"

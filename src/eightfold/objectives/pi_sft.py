@@ -206,14 +206,21 @@ def sample_completion(record: dict) -> Completion:
 
 
 def select_negatives(
-    samples: SampleSet, per_problem: int | None, max_total: int | None, seed: int
+    samples: SampleSet,
+    per_problem: int | None,
+    max_total: int | None,
+    seed: int,
+    problems: set[int] | None = None,
 ) -> tuple[list[tuple[int, Completion]], int]:
     """Unique incorrect samples (problem index, sampled completion), unique by their steps (the
     first sample of each): at most ``per_problem`` per problem and ``max_total`` overall, picked
-    by a seeded shuffle (the same set for dpo, step_dpo, awr), and how many the cap dropped."""
+    by a seeded shuffle (the same set for dpo, step_dpo, awr), and how many the cap dropped.
+    ``problems``: only these problem indices (``negatives_where=greedy_wrong``)."""
     seen: set[tuple[int, tuple[str, ...]]] = set()
     by_problem: dict[int, list[Completion]] = {}
     for r in samples.records:
+        if problems is not None and r["problem"] not in problems:
+            continue
         key = (r["problem"], tuple(split_steps(r["completion"])))
         if not r["correct"] and key not in seen:
             seen.add(key)
@@ -253,6 +260,7 @@ class PiSft:
         self.kind = data.kind
         self._samples: SampleSet | None = None
         self.negatives_capped: int | None = None  # set by negatives()
+        self._greedy: list[dict] | None = None  # greedy_records(): negatives_where=greedy_wrong
         self._negatives: list[tuple[int, Completion]] | None = None
         self._t0 = time.perf_counter()
 
@@ -308,17 +316,46 @@ class PiSft:
         self._samples = SampleSet(examples, records, key, timing.get("time_s"))
         return self._samples
 
+    def greedy_records(self) -> list[dict]:
+        """pi_sft's greedy answer on each sampling prompt, verified (cached beside the samples):
+        ``negatives_where=greedy_wrong`` keeps the negatives of the problems it gets wrong."""
+        if self._greedy is None:
+            samples = self.samples()
+            key = {**samples.key, "k": 1, "temperature": 0.0, "top_p": 1.0, "greedy": True}
+
+            def build():
+                outs = generate_ids(
+                    self.model,
+                    self.tokenizer,
+                    [e.prompt for e in samples.examples],
+                    int(self.obj.max_new_tokens),
+                    batch_size=int(self.obj.sample_batch_size),
+                    desc="greedy",
+                )
+                return [
+                    {"problem": i, "correct": is_correct(c[0].text, e.answer, self.kind)}
+                    for i, (e, c) in enumerate(zip(samples.examples, outs))
+                ]
+
+            self._greedy = load_or_build(self.cache, "greedy", key, build)
+        return self._greedy
+
     # -- rollouts ------------------------------------------------------------
     def negatives(self) -> list[tuple[int, Completion]]:
         """The selected negatives; ``self.negatives_capped`` counts those the opt-in
         ``max_negatives`` cap dropped (reported in result.json when it binds)."""
         if self._negatives is None:  # rollouts() and the pairs both ask: select once
             o = self.obj
+            where = o.get("negatives_where")
+            problems = None
+            if where == "greedy_wrong":
+                problems = {r["problem"] for r in self.greedy_records() if not r["correct"]}
             self._negatives, self.negatives_capped = select_negatives(
                 self.samples(),
                 o.get("negatives_per_problem"),
                 o.get("max_negatives"),
                 int(self.cfg.seed),
+                problems,
             )
         return self._negatives
 
@@ -431,5 +468,17 @@ class PiSft:
                 if self.negatives_capped is not None
                 else {}
             ),
+            **self.greedy_stats(),
             "prepare_time_s": round(time.perf_counter() - self._t0, 3),
+        }
+
+    def greedy_stats(self) -> dict:
+        """With negatives_where=greedy_wrong: pi_sft's greedy accuracy on the sampling prompts
+        (beside its T=1 sample_accuracy: the gap is the sampling tail) and the problems kept."""
+        if self._greedy is None:
+            return {}
+        right = sum(r["correct"] for r in self._greedy)
+        return {
+            "greedy_train_accuracy": round(right / max(1, len(self._greedy)), 4),
+            "greedy_wrong_problems": len(self._greedy) - right,
         }
