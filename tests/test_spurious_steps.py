@@ -24,7 +24,11 @@ from eightfold.data.teachers import ProceduralTeacher, Task, extra_step
 from eightfold.models import char_tokenizer
 from eightfold.objectives.pi_sft import SampleSet, sample_stats
 from eightfold.objectives.rft import rft_positives
-from eightfold.objectives.spurious import generator_spurious_steps, teacher_spurious_kind
+from eightfold.objectives.spurious import (
+    generator_spurious_steps,
+    teacher_spurious_kind,
+    unneeded_step_outcomes,
+)
 from eightfold.objectives.step_values import (
     positive_step_labels,
     spurious_analysis,
@@ -296,3 +300,22 @@ def test_a_wasted_distractor_step_counts_as_a_spurious_positive():
     samples = SampleSet(examples, records, {})
     assert sample_stats(samples)["spurious_positives"] == 2
     assert rft_positives(samples, None)[1]["rft_kept_spurious"] == 2
+
+
+def test_unneeded_step_outcomes_split_accuracy_by_a_wasted_step():
+    teacher = ProceduralTeacher(spurious_rate=1.0, spurious_kinds=["distractor"])
+    problems = generate_problems(4, 2, **CHOICE)
+    tasks = [Task(i, p.prompt, p.prompt, p) for i, p in enumerate(problems)]
+    wasted = [s["text"] for (s,) in teacher.generate(tasks, seed=2)]
+    examples = [Example(p.prompt, p.solution(random.Random(0)), str(p.answer), p) for p in problems]
+    wrong = examples[3].solution.rsplit("#", 1)[0] + f"#{(problems[3].answer + 1) % 11}"
+    texts = [
+        wasted[0],
+        wasted[1],
+        examples[2].solution,
+        wrong,
+    ]  # 2 wasted (right), 1 clean, 1 wrong
+    out = unneeded_step_outcomes(examples, texts)
+    assert out["outputs"] == 4 and out["unneeded_step_rate"] == 0.5
+    assert out["accuracy_with_unneeded"] == 1.0 and out["accuracy_without_unneeded"] == 0.5
+    assert out["accuracy"] == 0.75

@@ -25,7 +25,7 @@ from eightfold.data.arithmetic import Problem, first_wrong_step, unneeded_steps
 from eightfold.data.cache import load_or_build
 from eightfold.generation import Completion
 from eightfold.rollouts import NegativeValues, rollout_negatives, rollout_settings
-from eightfold.verify import split_steps
+from eightfold.verify import is_correct, split_steps
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,23 @@ def generator_spurious_steps(problem, text: str) -> list[int] | None:
     if wrong is not None:
         out.add(wrong)
     return sorted(out)
+
+
+def unneeded_step_outcomes(examples, texts: list[str], kind: str = "procedural") -> dict:
+    """How often outputs (one per example, e.g. greedy on the test set) compute an unneeded step,
+    and the accuracy of those with one and of the others: whether a spurious step costs
+    answers, and whether an objective unlearns it (docs/results.md, issue 14, candidate 2)."""
+    flags = [bool(unneeded_steps(e.problem, t)) for e, t in zip(examples, texts)]
+    right = [is_correct(t, e.answer, kind) for e, t in zip(examples, texts)]
+    with_ = [r for f, r in zip(flags, right) if f]
+    without = [r for f, r in zip(flags, right) if not f]
+    return {
+        "outputs": len(texts),
+        "accuracy": sum(right) / max(1, len(right)),
+        "unneeded_step_rate": len(with_) / max(1, len(texts)),
+        "accuracy_with_unneeded": sum(with_) / len(with_) if with_ else None,
+        "accuracy_without_unneeded": sum(without) / len(without) if without else None,
+    }
 
 
 def teacher_spurious_kind(example, text: str) -> str | None:
