@@ -165,8 +165,8 @@ def _without_later_keys(cfg) -> dict:
     """The resolved config less the keys added after the recording that no hash sees: the
     ``logger`` group and ``gpu_memory_gib`` (rundir.HASH_EXCLUDE) and, while pass@k is off,
     ``eval.pass_k`` and ``eval.sampling`` (rundir.HASH_WHEN_ON), and the same for
-    ``objective.spurious_analysis``. The hash assertion above shows that adding them
-    moved no run directory."""
+    ``objective.spurious_analysis`` and ``objective.negatives_where``. The hash assertion above
+    shows that adding them moved no run directory."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     tree.pop("logger")
     tree.pop("gpu_memory_gib", None)  # the sweep's fit check (rundir.HASH_EXCLUDE)
@@ -175,6 +175,8 @@ def _without_later_keys(cfg) -> dict:
     spurious = tree["objective"].get("spurious_analysis")
     if spurious is not None and spurious["positives"] is None:  # off (rundir.HASH_WHEN_ON)
         tree["objective"].pop("spurious_analysis")
+    if "negatives_where" in tree["objective"] and tree["objective"]["negatives_where"] is None:
+        tree["objective"].pop("negatives_where")  # off (rundir.HASH_WHEN_ON)
     return tree
 
 
