@@ -333,12 +333,18 @@ def test_every_schema_field_has_help_and_no_value(name):
             assert f.default == MISSING, f"{SCHEMAS[name].__name__}.{key} has a value"
 
 
+def _unwrap_optional(type_):
+    """``X | None`` -> ``X`` (an optional choice such as objective.negatives_where)."""
+    args = [a for a in typing.get_args(type_) if a is not type(None)]
+    return args[0] if len(args) == 1 and type(None) in typing.get_args(type_) else type_
+
+
 def test_choices_name_every_enum_typed_field():
     typed = {
-        (key, type_)
+        (key, _unwrap_optional(type_))
         for schema in SCHEMAS.values()
         for key, _, type_ in _fields(schema)
-        if isinstance(type_, type) and issubclass(type_, Enum)
+        if isinstance(_unwrap_optional(type_), type) and issubclass(_unwrap_optional(type_), Enum)
     }
     assert typed == set(CHOICES.items())
 
