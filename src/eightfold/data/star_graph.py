@@ -141,7 +141,7 @@ def random_graph(
     if cue is not None and degree > 1:
         slots = [i for i, (a, _) in enumerate(edges) if a == source]
         goal_edge = (source, arms[0][0])
-        rest = [e for i, e in enumerate(edges) if i in slots and e != goal_edge]
+        rest = [edges[i] for i in slots if edges[i] != goal_edge]
         where = 0 if rng.random() < cue else rng.randrange(1, degree)
         ordered = rest[:where] + [goal_edge] + rest[where:]
         for i, e in zip(slots, ordered):

@@ -38,6 +38,7 @@ from eightfold.config import SAMPLE_PROMPTS
 from eightfold.data.arithmetic import first_wrong_step
 from eightfold.data.cache import load_or_build
 from eightfold.data.examples import Example
+from eightfold.evaluate import evaluate
 from eightfold.generation import Completion, encode_prompt, generate_ids
 from eightfold.models import hf_causal_lm, run_device
 from eightfold.objectives.spurious import generator_spurious_steps
@@ -323,19 +324,16 @@ class PiSft:
             samples = self.samples()
             key = {**samples.key, "k": 1, "temperature": 0.0, "top_p": 1.0, "greedy": True}
 
-            def build():
-                outs = generate_ids(
+            def build():  # the test set's greedy decode-and-verify, on the sampling prompts
+                outcomes = evaluate(
                     self.model,
                     self.tokenizer,
-                    [e.prompt for e in samples.examples],
+                    samples.examples,
+                    self.kind,
                     int(self.obj.max_new_tokens),
-                    batch_size=int(self.obj.sample_batch_size),
-                    desc="greedy",
-                )
-                return [
-                    {"problem": i, "correct": is_correct(c[0].text, e.answer, self.kind)}
-                    for i, (e, c) in enumerate(zip(samples.examples, outs))
-                ]
+                    int(self.obj.sample_batch_size),
+                )["test_outcomes"]
+                return [{"problem": i, "correct": o == "1"} for i, o in enumerate(outcomes)]
 
             self._greedy = load_or_build(self.cache, "greedy", key, build)
         return self._greedy
