@@ -13,6 +13,7 @@ Why this way (docs/analysis.md#the-fit-and-why):
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,7 @@ class Data:
     err: np.ndarray  # zeros floored to error_floor
     n_floored: int = 0
     all_zero: bool = False
+    test_size: np.ndarray | None = None  # test problems behind each run's error (nan: unknown)
 
     @property
     def key(self) -> str:
@@ -84,6 +86,7 @@ def group(rows: list[dict], error_floor: float) -> dict[str, Data]:
             np.maximum(err, error_floor),
             int((err < error_floor).sum()),
             bool((err == 0).all()),
+            np.array([r.get("test_size") or np.nan for r in rs], dtype=float),
         )
         out[d.key] = d
     return out
@@ -337,7 +340,7 @@ class Draws:
     """
 
     def __init__(self, datas: list[Data], n_boot: int, seed: int, mode: str):
-        self.n_boot, self.mode = n_boot, mode
+        self.n_boot, self.mode, self.seed = n_boot, mode, seed
         sizes = sorted({float(s) for d in datas for s in d.sizes})
         self.col = {s: i for i, s in enumerate(sizes)}
         max_m = max(int((d.n == s).sum()) for d in datas for s in d.sizes)
@@ -363,6 +366,18 @@ class Draws:
 
     def residual_index(self, N: int) -> np.ndarray:
         return (self.u_res[:, :N] * N).astype(int)
+
+    def test_problem_errors(self, d: Data) -> np.ndarray | None:
+        """(B, N) errors of each run with its test problems drawn with replacement; None when a
+        run's test_size is unknown. A bootstrap of a mean of 0/1 outcomes is a binomial draw, so
+        no per-problem file is needed. Each method draws its own problems (not paired with the
+        baseline): runs scored on the same problems are positively correlated, so unpaired draws
+        overstate the spread of a difference (conservative)."""
+        if d.test_size is None or np.isnan(d.test_size).any():
+            return None
+        rng = np.random.default_rng([self.seed, zlib.crc32(d.key.encode())])
+        m = d.test_size.astype(int)
+        return rng.binomial(m, np.clip(d.err, 0, 1), size=(self.n_boot, len(m))) / m
 
 
 # ----------------------------------------------------------------------------- whole table
@@ -536,6 +551,28 @@ def _multiplier_entry(
     return e
 
 
+def _measured_boot(d: Data, f: Fit | None, draws: Draws | None) -> tuple[np.ndarray | None, str]:
+    """Bootstrap replicates (B, S) of a method's mean error at each size, and what they resample.
+
+    1. a fitted method: its fit's replicates (the table's design: seeds or residuals);
+    2. an unfitted method (one or two sizes) with >= 2 seeds at every size: its seeds (Rao-Wu),
+       also when some other size of the table has one seed;
+    3. otherwise (a single seed somewhere): its test problems, which leaves the seed-to-seed
+       spread out of the interval: the report says so.
+    """
+    if draws is None:
+        return None, ""
+    if f is not None:
+        return f.boot_means, draws.mode
+    if min(np.unique(d.n, return_counts=True)[1]) >= 2:
+        w = draws.seed_weights(d)
+        return d.size_means(np.broadcast_to(d.err, w.shape), w), "seed"
+    y = draws.test_problem_errors(d)
+    if y is None:
+        return None, ""
+    return d.size_means(y, np.ones_like(y)), "test_problems"
+
+
 def _no_fit_error(datas: dict[str, Data], problems: dict[str, str | None]) -> AnalysisError:
     if all(p.startswith("only ") for p in problems.values()):
         seen = sorted({int(s) for d in datas.values() for s in d.sizes})
@@ -670,16 +707,9 @@ def fit_table(
             )
         else:
             means = np.array([np.mean(raw[k][float(s)]) for s in d.sizes])
-            if f is not None:
-                boot_means = f.boot_means
-            elif (
-                draws is not None and mode == "seed"
-            ):  # unfitted methods still get measured multipliers
-                w = draws.seed_weights(d)
-                boot_means = d.size_means(np.broadcast_to(d.err, w.shape), w)
-            else:
-                boot_means = None
+            boot_means, interval_basis = _measured_boot(d, f, draws)
             m = _multiplier_entry(d, f, base, means, boot_means, ci)
+            m["multiplier_interval_basis"] = interval_basis if boot_means is not None else None
             e["power_law"] = {**e.get("power_law", {}), **m.pop("power_law", {})}
             if not e["power_law"]:
                 del e["power_law"]

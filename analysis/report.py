@@ -59,6 +59,46 @@ def accuracy_tables(rows: list[dict]) -> list[str]:
     return out
 
 
+def seed_limits(rows: list[dict]) -> list[str]:
+    """What one seed cannot show: a section only when some (objective, source, n) ran one seed."""
+    cells: dict[tuple, list[float]] = {}
+    for r in rows:
+        cells.setdefault((r["objective"], r["source"], r["n"]), []).append(1 - r["test_error"])
+    single = sorted(k for k, acc in cells.items() if len(acc) == 1)
+    if not single:
+        return []
+    names = ", ".join(f"{o} n={n}" for o, _, n in single[:8]) + (" ..." if len(single) > 8 else "")
+    L = [
+        "## What one seed cannot show",
+        "",
+        f"{len(single)} of {len(cells)} (objective, data size) cells ran a single seed ({names}).",
+        "",
+        "- Their intervals resample test problems or fit residuals, never training: they leave "
+        "out how much a second seed (another data draw, initialisation and batch order) would "
+        "move the accuracy.",
+    ]
+    spread = sorted((float(np.std(acc, ddof=1)), k) for k, acc in cells.items() if len(acc) >= 2)
+    if spread:
+        sd, (o, _, n) = spread[-1]
+        med = float(np.median([x for x, _ in spread]))
+        L.append(
+            f"- Where these runs have several seeds, the seed-to-seed standard deviation of test "
+            f"accuracy is {100 * med:.1f} points (median over {len(spread)} cells), up to "
+            f"{100 * sd:.1f} ({o} n={n}): a one-seed difference smaller than that is not evidence."
+        )
+    else:
+        L.append(
+            "- No cell here has several seeds, so the seed-to-seed spread is not measured by "
+            "these runs at all."
+        )
+    L += [
+        "- A multiplier whose interval excludes 1 on one seed is a lead, not a finding: run the "
+        "study with its seeds (the sweep's `seed` axis) for an interval over seeds.",
+        "",
+    ]
+    return L
+
+
 def _signed(x) -> str:
     return "—" if x is None else f"{x:+.3f}"
 
@@ -365,6 +405,8 @@ def write_report(
                 if on
             ]
             flags.append(f"basis: {m.get('multiplier_basis')}")
+            if m.get("multiplier_interval_basis") == "test_problems":
+                flags.append("interval: test problems only (one seed)")
             if left_out:
                 flags.append(left_out)
             pl = m.get("power_law", {})
@@ -383,6 +425,7 @@ def write_report(
                 ]
             )
         L += _table(["method", "multiplier [CI]", "P(k>1)", "pure power law", "notes"], body) + [""]
+        L += seed_limits(rows)
         for k, m in fits["methods"].items():
             if m.get("is_baseline") or not m.get("multipliers"):
                 continue

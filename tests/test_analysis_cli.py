@@ -120,6 +120,30 @@ def test_all_end_to_end(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "![scaling](scaling.png)" in report and "![multipliers](multipliers.png)" in report
     assert "| sft |" in report and "step_dpo/procedural" in report
+    assert "What one seed cannot show" not in report  # every cell has 2 seeds
+
+
+def test_one_seed_report_says_what_one_seed_cannot_show(tmp_path, capsys):
+    root = write_sweep(tmp_path / "sweep", seeds=1)
+    out = tmp_path / "out"
+    assert main(["all", str(root), "--out", str(out), "--n-boot", "50"]) == 0
+    report = (out / "report.md").read_text()
+    section = report.split("## What one seed cannot show", 1)[1].split("\n## ", 1)[0]
+    assert "12 of 12 (objective, data size) cells ran a single seed" in section
+    assert "not measured by these runs at all" in section
+
+
+def test_seed_limits_quotes_the_measured_seed_spread():
+    from eightfold_analysis.report import seed_limits
+
+    rows = [
+        {"objective": "sft", "source": "p", "n": 100, "seed": s, "test_error": e}
+        for s, e in ((0, 0.30), (1, 0.40))
+    ] + [{"objective": "dpo", "source": "p", "n": 100, "seed": 0, "test_error": 0.2}]
+    text = "\n".join(seed_limits(rows))
+    assert "1 of 2 (objective, data size) cells ran a single seed (dpo n=100)" in text
+    assert "7.1 points (median over 1 cells), up to 7.1 (sft n=100)" in text  # std of .6/.7
+    assert seed_limits(rows[:2]) == []
 
 
 def test_fit_then_plot_from_fits_file(tmp_path, capsys):

@@ -144,6 +144,51 @@ def test_single_seed_uses_residual_bootstrap_and_says_so():
     assert m["alpha_low"] < m["alpha"] < m["alpha_high"]
 
 
+def _one_size(objective, k, seeds, test_size, n=1024):
+    return [
+        {
+            "objective": objective,
+            "source": "p",
+            "n": n,
+            "seed": s,
+            "test_error": float(curve(k * n) * (1 + 0.02 * s)),
+            "test_size": test_size,
+        }
+        for s in range(seeds)
+    ]
+
+
+def test_one_seed_method_at_one_size_gets_a_test_problem_interval():
+    """A method run at one size with one seed is not fitted; its measured multiplier still gets an
+    interval, from its test problems, wider for fewer problems, and none without test_size."""
+    base = [
+        {**r, "test_size": 500} for r in rows_for(np.random.default_rng(8), seeds=1, noise=0.02)
+    ]
+    got = {}
+    for m in (200, 5000, None):
+        fits = F.fit_table(base + _one_size("x", 4.0, 1, m), n_boot=400)
+        assert fits["bootstrap_mode"] == "residual"
+        got[m] = fits["methods"]["x/p"]
+    for m in (200, 5000):
+        x = got[m]
+        assert x["multiplier_basis"] == "measured"
+        assert x["multiplier_interval_basis"] == "test_problems"
+        assert x["multiplier_low"] < x["multiplier"] < x["multiplier_high"]
+        assert x["multiplier"] == pytest.approx(4.0, rel=0.25)
+    width = {m: got[m]["multiplier_high"] - got[m]["multiplier_low"] for m in (200, 5000)}
+    assert width[5000] < width[200] / 2  # ~sqrt(25) = 5x narrower
+    assert got[None]["multiplier_low"] is None and got[None]["multiplier_interval_basis"] is None
+
+
+def test_unfitted_method_with_seeds_resamples_its_seeds_even_in_residual_mode():
+    base = rows_for(np.random.default_rng(9), seeds=1, noise=0.02)
+    fits = F.fit_table(base + _one_size("x", 4.0, 3, 500), n_boot=400)
+    x = fits["methods"]["x/p"]
+    assert fits["bootstrap_mode"] == "residual"
+    assert x["multiplier_interval_basis"] == "seed"
+    assert x["multiplier_low"] < x["multiplier_high"]
+
+
 def test_pure_power_law_data_prefers_or_allows_e_zero():
     rng = np.random.default_rng(5)
     rows = rows_for(rng, E=0.0, A=2.0, alpha=0.3, noise=0.03)
