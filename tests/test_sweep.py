@@ -178,6 +178,8 @@ def test_sweep_file_errors_are_clear(tmp_path):
         load_sweep(write_sweep(tmp_path / "d.yaml", overrides=["seed=[1"]))
     with pytest.raises(SweepError, match="pack=-1 is not valid"):
         load_sweep(write_sweep(tmp_path / "e.yaml", grid={"seed": [0]}, pack=-1))
+    with pytest.raises(SweepError, match="only='sft-\\*' is not valid: a list of run-name globs"):
+        load_sweep(write_sweep(tmp_path / "o.yaml", grid={"seed": [0]}, only="sft-*"))
     with pytest.raises(SweepError, match="not found"):
         load_sweep(tmp_path / "missing.yaml")
 
@@ -285,6 +287,15 @@ def test_dry_run_lists_runs_and_command(tmp_path):
     assert not root.exists()  # nothing ran, nothing was written
     none = sweep_cli(*args, "--only", "nothing-*", cwd=tmp_path)
     assert none.returncode == 2 and "no run matches" in none.stdout + none.stderr
+    # the file's own `only` keeps part of the grid; --only on the command line replaces it
+    part = write_sweep(
+        tmp_path / "part.yaml", **yaml.safe_load(sweep.read_text()), only=["*-n48-*"]
+    )
+    proc = sweep_cli(str(part), *args[1:], cwd=tmp_path)
+    assert proc.returncode == 0 and "1 run(s): 1 pending" in proc.stdout, proc.stdout
+    assert [row[3] for row in table(proc.stdout)] == ["(data.size=48)"]
+    proc = sweep_cli(str(part), *args[1:], "--only", "*-n32-*", cwd=tmp_path)
+    assert [row[3] for row in table(proc.stdout)] == ["(data.size=32)"]
     packed = write_sweep(tmp_path / "packed.yaml", **yaml.safe_load(sweep.read_text()), pack=2)
     proc = sweep_cli(str(packed), *args[1:], cwd=tmp_path)
     assert proc.returncode == 0 and "would launch 3 of 3" in proc.stdout

@@ -14,6 +14,7 @@ A sweep file::
       data.size: [125, 250, 500, 1000, 2000]
     slurm: {timeout_min: 60, cpus_per_task: 2}    # hydra.launcher.* with --launcher slurm
     pack: 8                                       # optional: ONE SLURM job runs the sweep, 8 at once
+    only: ["sft-*", "*-n1000-*"]                  # optional: the grid's runs whose name matches a glob
 
 Extra ``KEY=VALUE`` arguments are Hydra overrides added after the file's: one whose key the file
 already sets replaces it (``seed=0`` narrows the ``seed`` axis, ``data.size=125,250`` replaces it),
@@ -79,7 +80,7 @@ from eightfold.runfiles import (
     write_json_atomic,
 )
 
-SPEC_KEYS = {"description", "overrides", "grid", "slurm", "pack"}
+SPEC_KEYS = {"description", "overrides", "grid", "slurm", "pack", "only"}
 LAUNCHERS = ("local", "slurm")
 TODO = (FAILED_STATUS, PARTIAL, PENDING)  # statuses that are (re)launched
 
@@ -139,6 +140,7 @@ class Sweep:
     slurm: list[str] = field(default_factory=list)
     description: str = ""
     pack: int = 0  # > 0: on SLURM, ONE job runs the whole sweep, this many runs at once
+    only: list[str] = field(default_factory=list)  # run-name globs: a grid less some of its runs
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -181,6 +183,12 @@ def load_sweep(path: str | Path) -> Sweep:
         raise SweepError(
             f"{path}: pack={pack!r} is not valid: runs at once in one job, e.g. pack: 8"
         )
+    only = raw.get("only") or []
+    if not isinstance(only, list) or not all(isinstance(o, str) and o for o in only):
+        raise SweepError(
+            f"{path}: only={only!r} is not valid: a list of run-name globs, e.g."
+            " only: ['sft-*', '*-n1000-*'] (every SFT run, every objective at n=1000)"
+        )
     overrides = merge([*fixed, *axes])  # each one must parse
     if not grid:  # Hydra would run the defaults once: not a sweep
         raise SweepError(
@@ -194,6 +202,7 @@ def load_sweep(path: str | Path) -> Sweep:
         slurm=[as_override(f"hydra.launcher.{k}", v) for k, v in slurm.items()],
         description=str(raw.get("description") or "").strip(),
         pack=pack,
+        only=only,
     )
 
 
@@ -498,7 +507,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="PATTERN",
-        help="only runs whose name (or index) matches this glob; repeatable (retry one run alone)",
+        help="only runs whose name (or index) matches this glob; repeatable (retry one run "
+        "alone); replaces the sweep file's own `only` list",
     )
     return p.parse_intermixed_args(argv)
 
@@ -524,7 +534,9 @@ def main(argv: list[str] | None = None) -> int:
                 "--jobs is for --launcher local (on SLURM every run is its own job, or set "
                 "'pack: N' in the sweep file to run N at once in one job)"
             )
-        only = [as_override("hydra.sweeper.only", list(args.only))] if args.only else []
+        # --only replaces the file's `only`, as KEY=A,B replaces the file's axis
+        patterns = list(args.only) or spec.only
+        only = [as_override("hydra.sweeper.only", patterns)] if patterns else []
     except SweepError as err:
         _err(f"error: {err}")
         return 2
