@@ -152,3 +152,23 @@ def test_masked_prompt_contributes_nothing_to_the_gradient():
     # the same rows through collate_sft (the SFT path) carry identical labels: one masking rule
     sft = collate_sft([(prompt, chosen)], tok.pad_token_id)
     assert torch.equal(sft["labels"][0], batch["labels"][0, : sft["labels"].shape[1]])
+
+
+def test_pairs_longer_than_the_context_are_dropped_before_scoring():
+    """A rollout stops at the model's context and a complete side gets EOS appended, so a side can
+    be one token past the last position embedding: such a pair is dropped (and counted), the
+    rest are scored; without the filter the reference pass fails (index out of range)."""
+    from eightfold.objectives.preference import reference_logps, within_context
+
+    model, tok = tiny_gpt(n_layer=1, n_embd=32, n_head=2, n_positions=16)
+    context = model.config.max_position_embeddings
+    assert context == 16
+    fits = TokenizedPair([1] * 6, [2] * 10, [3] * 4)  # 16 tokens: the last position
+    over = TokenizedPair([1] * 6, [2] * 4, [3] * 11)  # 17 tokens on the rejected side
+    kept, dropped = within_context([fits, over, fits], context)
+    assert kept == [fits, fits] and dropped == 1
+    assert within_context([over], None) == ([over], 0)  # a model with no context length
+    ref = reference_logps(model, kept, tok.pad_token_id)
+    assert len(ref) == 2 and all(math.isfinite(x) for pair in ref for x in pair)
+    with pytest.raises(IndexError):
+        reference_logps(model, [over], tok.pad_token_id)

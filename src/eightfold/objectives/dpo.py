@@ -42,6 +42,7 @@ from eightfold.objectives.preference import (
     collate_preference,
     plain_dpo_pairs,
     tokenize_pair,
+    within_context,
 )
 
 log = logging.getLogger("eightfold")
@@ -118,7 +119,10 @@ class DPOModule(PolicyModule):
         self.model.load_state_dict(pi_sft.model.state_dict())
         # 2. pairs from pi_sft's samples (step_dpo: from its rollouts), tokenised once
         pairs, stats = self.build_pairs(cfg, pi_sft)
-        items = [tokenize_pair(self.tokenizer, p) for p in pairs]
+        items, too_long = within_context(
+            [tokenize_pair(self.tokenizer, p) for p in pairs],
+            getattr(self.model.config, "max_position_embeddings", None),
+        )
         # 3. reference log-probs under frozen pi_sft, cached; then pi_sft is not needed again
         ref, ref_stats = cached_reference_logps(
             pi_sft.model,
@@ -139,6 +143,7 @@ class DPOModule(PolicyModule):
             )
         self._fields = {
             **stats,
+            "pairs_skipped_too_long": too_long,
             "pairs": len(items),
             **budget,
             **ref_stats,

@@ -70,6 +70,18 @@ def tokenize_pair(tokenizer, pair: PreferencePair) -> TokenizedPair:
     )
 
 
+def within_context(
+    items: Sequence[TokenizedPair], context: int | None
+) -> tuple[list[TokenizedPair], int]:
+    """The pairs whose both sides fit the model's context (prompt + side <= context tokens), and
+    how many did not. Generation and rollouts stop at the context, and a complete side gets its
+    EOS appended after that (``tokenize_pair``), so a side can be one token too long to score."""
+    if not context:
+        return list(items), 0
+    kept = [it for it in items if len(it.prompt) + max(len(it.chosen), len(it.rejected)) <= context]
+    return kept, len(items) - len(kept)
+
+
 def pairs_digest(items: Sequence[TokenizedPair]) -> str:
     h = hashlib.sha256()
     for it in items:
