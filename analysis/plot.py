@@ -235,7 +235,9 @@ def multiplier_plot(fits: dict, out_dir: Path) -> list[Path]:
     ax.axhline(1.0, ls="--", color="grey", lw=1)
     ax.set_yscale("log")
     _plain_ticks(ax)
-    ax.set_xticks(range(len(keys)), [k.replace("/", "\n") for k in keys], fontsize=8)
+    # one source: the objective alone (the panel title names the source); long names slant
+    labels = [ms[k]["objective"] if len(sources) == 1 else k.replace("/", "\n") for k in keys]
+    ax.set_xticks(range(len(keys)), labels, fontsize=8, rotation=25, ha="right")
     ax.set_xlim(-0.6, len(keys) - 0.4)
     ax.set_ylabel(f"data multiplier vs {baseline}  (×)")
     ax.set_title(f"summary, {fits['ci_level']:.0%} CI (hollow = extrapolated)", fontsize=10)
