@@ -319,3 +319,24 @@ def test_unneeded_step_outcomes_split_accuracy_by_a_wasted_step():
     assert out["outputs"] == 4 and out["unneeded_step_rate"] == 0.5
     assert out["accuracy_with_unneeded"] == 1.0 and out["accuracy_without_unneeded"] == 0.5
     assert out["accuracy"] == 0.75
+
+
+def test_the_fixed_epoch_preset_is_cpu_spurious_with_sft_steps_proportional_to_n():
+    """experiment=cpu_spurious_epochs: 64 SFT epochs at every size; at n=1000 that is
+    cpu_spurious's 2000 steps, so those runs (and their caches) are the same run hashes."""
+    at = {
+        n: compose_cfg(["experiment=cpu_spurious_epochs", f"data.size={n}", "paths.root=/tmp/x"])
+        for n in (250, 1000, 2000)
+    }
+    assert [at[n].trainer.max_steps for n in (250, 1000, 2000)] == [500, 2000, 4000]
+    for objective in ("sft", "step_dpo"):
+        fixed, plain = (
+            compose_cfg(
+                [f"experiment={e}", f"objective={objective}", "data.size=1000", "paths.root=/tmp/x"]
+            )
+            for e in ("cpu_spurious_epochs", "cpu_spurious")
+        )
+        assert run_dir(fixed) == run_dir(plain)
+    assert run_dir(at[2000]) != run_dir(
+        compose_cfg(["experiment=cpu_spurious", "data.size=2000", "paths.root=/tmp/x"])
+    )
