@@ -267,8 +267,12 @@ def test_packed_job_parameters_are_the_launchers_in_submitits_names(tmp_path):
     assert not {"submitit_folder", "slurm_submitit_folder", "slurm__target_"} & set(params)
     import submitit  # submitit's SLURM executor takes every one of these names
 
-    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
+    # The debug cluster needs no srun on the machine; update_parameters still checks every
+    # slurm_ name against the SLURM executor's parameters (and the others against the generics).
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="debug")
     executor.update_parameters(**params)
+    with pytest.raises(NameError, match="slurm_not_a_parameter"):
+        executor.update_parameters(slurm_not_a_parameter=1)
 
 
 def test_dry_run_lists_runs_and_command(tmp_path):
