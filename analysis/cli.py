@@ -197,7 +197,15 @@ def _report(a: argparse.Namespace, require_root: bool) -> int:
             problems = json.loads(side.read_text()).get("problems")
     rows = col.read_results(csv_path)
     paired = pr.compare_all(
-        rows, a.baseline, a.n_boot, a.seed, a.ci, a.min_steps, a.min_pairs, str(csv_path)
+        rows,
+        a.baseline,
+        a.n_boot,
+        a.seed,
+        a.ci,
+        a.min_steps,
+        a.min_pairs,
+        str(csv_path),
+        requested=a.compare,
     )
     write_json(out / "paired.json", paired)
     fit_error = None
@@ -266,6 +274,29 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _pair(text: str) -> tuple[str, str]:
+    """--compare OBJECTIVE:REFERENCE, two different objective names."""
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b or ":" in b or a == b:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not OBJECTIVE:REFERENCE with two different objective names,"
+            " e.g. step_dpo:rft_control"
+        )
+    return a, b
+
+
+def _compare_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--compare",
+        type=_pair,
+        action="append",
+        default=[],
+        metavar="OBJECTIVE:REFERENCE",
+        help="also test OBJECTIVE against REFERENCE on the same problems at each n (repeatable;"
+        " every objective is always tested against its matched control and the baseline)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eightfold-analyze", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -298,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--fits", help="fits.json from `fit` (default: fit now)")
+    _compare_option(s)
     _fit_options(s)
     s.set_defaults(func=lambda a: _report(a, require_root=False))
 
@@ -306,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("input", metavar="root")
     s.add_argument("--out", required=True, help="output directory")
+    _compare_option(s)
     _fit_options(s)
     s.set_defaults(func=lambda a: _report(a, require_root=True))
     return p

@@ -19,7 +19,8 @@ no information, and only the discordant ones (one right, the other wrong) decide
   test problems for the seeds that were run; the spread between seeds is in ``per_seed``.
 
 Who is compared with whom: every objective with its matched control (``matched_controls``) and
-with the baseline (``sft``), at the same source and n, on the seeds both ran.
+with the baseline (``sft``), at the same source and n, on the seeds both ran; and any other pair
+asked for by name (``eightfold-analyze all --compare step_dpo:rft_control``).
 
 ``trained`` is the one rule for runs that did not train: used by the fits (such runs get no
 multiplier), by these tests (such runs are left out) and by the report (which lists them).
@@ -254,15 +255,26 @@ def compare_all(
     min_steps: int = 100,
     min_pairs: int = 100,
     source_path: str | None = None,
+    requested: list[tuple[str, str]] | None = None,
 ) -> dict:
     """Every paired comparison of the table (paired.json content): objective vs matched control
-    and vs baseline at each (source, n), on the seeds both ran, trained, with outcomes."""
+    and vs baseline at each (source, n), on the seeds both ran, trained, with outcomes; and each
+    `requested` (objective, reference) pair, kind "requested"."""
     if not 0 < ci < 1:
         raise AnalysisError(f"--ci must be a level in (0, 1), e.g. 0.95; got {ci}")
     if n_boot < 0:
         raise AnalysisError(f"--n-boot must be >= 0 (0 = no intervals); got {n_boot}")
+    names = {r["objective"] for r in rows}
+    requested = list(requested or [])
+    for pair in requested:
+        for name in pair:
+            if name not in names:
+                raise AnalysisError(
+                    f"--compare {pair[0]}:{pair[1]}: no runs of objective {name!r}; "
+                    f"the objectives here are {', '.join(sorted(names))}"
+                )
     _, flagged = split_trained(rows, min_steps, min_pairs)
-    controls = matched_controls({r["objective"] for r in rows})
+    controls = matched_controls(names)
 
     # (source, n) -> objective -> seed -> [rows]
     cells: dict[tuple, dict[str, dict]] = {}
@@ -294,9 +306,10 @@ def compare_all(
     comparisons = []
     for (src, n), objs in sorted(cells.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
         for obj in sorted(objs):
-            if obj == baseline:
+            if obj == baseline and not any(a == obj for a, _ in requested):
                 continue
             refs = [(controls.get(obj), "control"), (baseline, "baseline")]
+            refs += [(b, "requested") for a, b in requested if a == obj and b not in dict(refs)]
             for ref, kind in refs:
                 if ref is None or ref not in objs or ref == obj:
                     continue
@@ -349,6 +362,7 @@ def compare_all(
             "seed": seed,
             "min_steps": min_steps,
             "min_pairs": min_pairs,
+            "requested": [list(p) for p in requested],
             "comparisons": comparisons,
             "skipped": skipped,
             "not_trained": flagged,

@@ -169,9 +169,15 @@ def paired_section(paired: dict) -> list[str]:
             if paired["n_boot"]
             else "no intervals (--n-boot 0)"
         )
+        pairs = paired.get("requested") or []
+        asked = (
+            " (and " + ", ".join(f"{a} vs {b}" for a, b in pairs) + ", asked for with --compare)"
+            if pairs
+            else ""
+        )
         L += [
             "Each objective against its matched control and against "
-            f"{base}, on the same test problems and seeds. Δ = accuracy(objective) − "
+            f"{base}{asked}, on the same test problems and seeds. Δ = accuracy(objective) − "
             f"accuracy(reference), the mean over seeds; interval: {boot}. McNemar: exact "
             "two-sided p on the discordant problems summed over seeds; +/− = problems only the "
             "objective / only the reference got right. Runs that did not train are left out.",

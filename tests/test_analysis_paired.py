@@ -352,3 +352,61 @@ def test_one_data_size_still_gets_paired_tests_and_bad_outcomes_are_one_line(tmp
     code = main(["report", str(out / "results.csv"), "--out", str(tmp_path / "r2")])
     lines = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
     assert code == 2 and len(lines) == 1 and "is not a string of 0/1" in lines[0]
+
+
+def test_cli_compare_adds_the_requested_pairs(tmp_path, capsys):
+    """--compare rft:dpo_control tests two objectives that are neither control nor baseline of
+    each other, with the same statistics; sft:rft_control puts the baseline on the left."""
+    written = write_sweep(tmp_path / "sweep")
+    out = tmp_path / "out"
+    argv = ["all", str(tmp_path / "sweep"), "--out", str(out), "--n-boot", "50"]
+    assert main([*argv, "--compare", "rft:dpo_control", "--compare", "sft:rft_control"]) == 0
+    paired = json.loads((out / "paired.json").read_text())
+    assert paired["requested"] == [["rft", "dpo_control"], ["sft", "rft_control"]]
+    by = {(c["objective"], c["reference"], c["n"]): c for c in paired["comparisons"]}
+    c = by[("rft", "dpo_control", 1000)]
+    assert c["kind"] == "requested" and c["seeds"] == [0, 1]
+    pooled = closed_form(
+        written[("rft", 1000, 0)] + written[("rft", 1000, 1)],
+        written[("dpo_control", 1000, 0)] + written[("dpo_control", 1000, 1)],
+    )
+    assert c["diff"] == pytest.approx(pooled["diff"])
+    assert c["p_mcnemar"] == pytest.approx(pooled["p"], rel=1e-9)
+    assert by[("sft", "rft_control", 300)]["kind"] == "requested"
+    # sft's own control/baseline rows stay absent; the unasked reverse pair is not added
+    assert ("dpo_control", "rft", 1000) not in by and ("sft", "sft", 300) not in by
+    section = (out / "report.md").read_text().split("## Paired tests at equal n")[1]
+    assert "rft vs dpo_control, sft vs rft_control, asked for with --compare" in section
+    assert "| rft | dpo_control (requested) |" in section
+
+    # Without --compare the requested rows are gone and the rest is unchanged.
+    assert (
+        main(["all", str(tmp_path / "sweep"), "--out", str(tmp_path / "o2"), "--n-boot", "50"]) == 0
+    )
+    plain = json.loads((tmp_path / "o2" / "paired.json").read_text())
+    assert plain["requested"] == [] and not any(
+        c["kind"] == "requested" for c in plain["comparisons"]
+    )
+    assert len(plain["comparisons"]) == len(paired["comparisons"]) - 2 * len(SIZES)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("step_dpo", "is not OBJECTIVE:REFERENCE"),
+        ("rft:rft", "is not OBJECTIVE:REFERENCE"),
+        ("rft:", "is not OBJECTIVE:REFERENCE"),
+        ("rft:nope", "no runs of objective 'nope'; the objectives here are dpo, dpo_control"),
+    ],
+)
+def test_cli_bad_compare_is_one_line(tmp_path, capsys, value, message):
+    write_sweep(tmp_path / "sweep")
+    argv = ["all", str(tmp_path / "sweep"), "--out", str(tmp_path / "o"), "--compare", value]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse refuses a malformed value before any work
+        code = e.code
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if "error:" in x]
+    assert code == 2 and len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "o" / "paired.json").exists()
