@@ -50,7 +50,9 @@ REQUIRED = ("objective", "source", "n", "seed", "test_error")
 OUTCOMES = "test_outcomes"  # kept in the sidecar results.csv.outcomes.json (module docstring)
 # Optional result.json fields read_results types and keeps: the training budget of an objective
 # on pi_sft (paired.trained flags runs that did not train) and its last-epoch preference metrics.
-RUN_INTS = ("train_steps", "objective_steps", "budget_items")
+# test_size: the test problems behind a run's error, which the fit's test-problem bootstrap of a
+# single-seed method needs (fit._measured_boot).
+RUN_INTS = ("train_steps", "objective_steps", "budget_items", "test_size")
 RUN_FLOATS = ("budget_epochs", "logratio_gap_last_epoch", "reward_accuracy_last_epoch")
 RUN_BOOLS = ("budget_too_few_pairs",)
 # A list in result.json that becomes one column per entry: the star graph's teacher-forced

@@ -197,6 +197,7 @@ def test_outcomes_round_trip_into_the_paired_test(tmp_path):
     got = {(r["objective"], r["n"], r["seed"]): r.get("test_outcomes") for r in back}
     assert {k: v for k, v in got.items() if v} == written  # leading zeros and all
     assert got[("rft_control", 3000, 1)] is None
+    assert {r.get("test_size") for r in back} == {T}
     rft100 = next(r for r in back if (r["objective"], r["n"], r["seed"]) == ("rft", 100, 0))
     assert rft100["budget_too_few_pairs"] is True and rft100["train_steps"] == 200
     assert rft100["budget_epochs"] == 12.5
@@ -410,3 +411,22 @@ def test_cli_bad_compare_is_one_line(tmp_path, capsys, value, message):
     lines = [x for x in err.splitlines() if "error:" in x]
     assert code == 2 and len(lines) == 1 and message in lines[0]
     assert not (tmp_path / "o" / "paired.json").exists()
+
+
+def test_cli_single_seed_method_gets_a_test_problem_interval(tmp_path):
+    """A method left with one seed at one size (the others not run) is not fitted; through
+    results.csv its measured multiplier still gets an interval from its test problems, which
+    needs each run's test_size to survive the CSV."""
+    write_sweep(tmp_path / "sweep")
+    for d in (tmp_path / "sweep" / "runs").iterdir():
+        if d.name.startswith("dpo_control-") and d.name != "dpo_control-1000-0":
+            for f in d.iterdir():
+                f.unlink()
+            d.rmdir()
+    out = tmp_path / "out"
+    assert main(["all", str(tmp_path / "sweep"), "--out", str(out), "--n-boot", "200"]) == 0
+    fits = json.loads((out / "fits.json").read_text())
+    m = fits["methods"]["dpo_control/procedural"]
+    assert fits["bootstrap_mode"] == "residual" and m["alpha"] is None
+    assert m["multiplier_interval_basis"] == "test_problems"
+    assert m["multiplier_low"] < m["multiplier"] < m["multiplier_high"]
