@@ -86,6 +86,27 @@ def _metric_rows(rows: list[dict], csv_path: str | Path, metric: str) -> list[di
     return out
 
 
+def _size(text: str) -> int:
+    """--min-n: a data size, an integer >= 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a data size (an integer >= 0)")
+    return n
+
+
+def _sized(rows: list[dict], a: argparse.Namespace) -> list[dict]:
+    """The runs at data sizes n >= --min-n (all of them by default): a study whose smallest sizes
+    sit below where the task is learned at all can be read without them."""
+    out = [r for r in rows if int(float(r["n"])) >= a.min_n]
+    if not out:
+        sizes = ", ".join(map(str, sorted({int(float(r["n"])) for r in rows})))
+        raise AnalysisError(f"--min-n {a.min_n} leaves no runs; the data sizes here are {sizes}")
+    return out
+
+
 def _fit(rows: list[dict], a: argparse.Namespace, source: str) -> dict:
     if a.n_boot < 0:
         raise AnalysisError(f"--n-boot must be >= 0 (0 = no intervals); got {a.n_boot}")
@@ -154,14 +175,15 @@ def cmd_collect(a: argparse.Namespace) -> int:
 
 
 def cmd_fit(a: argparse.Namespace) -> int:
-    fits = _fit(_metric_rows(col.read_results(a.results), a.results, a.metric), a, a.results)
+    rows = _sized(_metric_rows(col.read_results(a.results), a.results, a.metric), a)
+    fits = _fit(rows, a, a.results)
     write_json(a.output, fits)
     print(a.output)
     return 0
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
-    rows = _metric_rows(col.read_results(a.results), a.results, a.metric)
+    rows = _sized(_metric_rows(col.read_results(a.results), a.results, a.metric), a)
     if a.fits:
         fits = _load_fits(a.fits)
     else:
@@ -195,7 +217,8 @@ def _report(a: argparse.Namespace, require_root: bool) -> int:
         side = col.problems_path(src)
         if side.is_file():
             problems = json.loads(side.read_text()).get("problems")
-    rows = col.read_results(csv_path)
+    every = col.read_results(csv_path)
+    rows = _sized(every, a)
     paired = pr.compare_all(
         rows,
         a.baseline,
@@ -212,7 +235,7 @@ def _report(a: argparse.Namespace, require_root: bool) -> int:
     if getattr(a, "fits", None):
         fits = _load_fits(a.fits)
         a.metric = fits.get("metric", "test_error")
-    metric_rows = _metric_rows(rows, csv_path, a.metric)  # the greedy table keeps `rows`
+    metric_rows = _sized(_metric_rows(every, csv_path, a.metric), a)  # the table keeps `rows`
     if not getattr(a, "fits", None):
         try:
             fits = _fit(metric_rows, a, str(csv_path))
@@ -220,9 +243,10 @@ def _report(a: argparse.Namespace, require_root: bool) -> int:
         except AnalysisError as e:
             fits, fit_error = None, str(e)
     plots = plot_all(_plot_rows(metric_rows, a), fits, out)
-    raw = _raw_rows(csv_path)
+    raw = _sized(_raw_rows(csv_path), a)
+    label = f"{src} (only the runs at n >= {a.min_n}: --min-n)" if a.min_n else str(src)
     path = write_report(
-        out, rows, fits, plots, problems, fit_error, str(src), paired=paired, raw_rows=raw
+        out, rows, fits, plots, problems, fit_error, label, paired=paired, raw_rows=raw
     )
     print(path)
     if fit_error:
@@ -252,6 +276,13 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
         default="test_error",
         help="what is fitted: test_error (1 - greedy accuracy, default) or test_pass@K"
         " (fitted as its error 1 - pass@K), e.g. test_pass@5",
+    )
+    g.add_argument(
+        "--min-n",
+        type=_size,
+        default=0,
+        help="leave out runs at data sizes below N: fits, multipliers, paired tests, tables"
+        " (default: 0, every size)",
     )
     g.add_argument(
         "--error-floor",

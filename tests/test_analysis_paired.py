@@ -430,3 +430,31 @@ def test_cli_single_seed_method_gets_a_test_problem_interval(tmp_path):
     assert fits["bootstrap_mode"] == "residual" and m["alpha"] is None
     assert m["multiplier_interval_basis"] == "test_problems"
     assert m["multiplier_low"] < m["multiplier"] < m["multiplier_high"]
+
+
+def test_cli_min_n_leaves_the_small_sizes_out_of_everything(tmp_path, capsys):
+    write_sweep(tmp_path / "sweep")
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    argv = ["all", str(tmp_path / "sweep"), "--n-boot", "50"]
+    assert main([*argv, "--out", str(full)]) == 0
+    assert main([*argv, "--out", str(cut), "--min-n", "300"]) == 0
+    fits = json.loads((cut / "fits.json").read_text())
+    sft = fits["methods"]["sft/procedural"]
+    assert [z["n"] for z in sft["sizes"]] == [300, 1000, 3000]
+    assert (
+        sft["alpha"]
+        != json.loads((full / "fits.json").read_text())["methods"]["sft/procedural"]["alpha"]
+    )
+    paired = json.loads((cut / "paired.json").read_text())
+    assert {c["n"] for c in paired["comparisons"]} == {300, 1000, 3000}
+    report = (cut / "report.md").read_text()
+    assert "(only the runs at n >= 300: --min-n)" in report and "n=100 " not in report
+    assert "| n=100 |" not in report.split("## Test accuracy")[1].split("##")[0]
+
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "none"), "--min-n", "5000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--min-n 5000 leaves no runs; the data sizes here are 100, 300, 1000, 3000" in err
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--out", str(tmp_path / "bad"), "--min-n", "-3"])
+    assert e.value.code == 2 and "'-3' is not a data size" in capsys.readouterr().err
